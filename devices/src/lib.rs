@@ -1,1 +1,7 @@
-//! placeholder
+//! Stratus device models.
+//!
+//! Nothing here depends on KVM: devices see guest memory through vm-memory
+//! and raise interrupts through event file descriptors, so every device can be
+//! tested on plain memory in a unit test.
+
+pub mod bus;
