@@ -5,3 +5,5 @@
 //! tested on plain memory in a unit test.
 
 pub mod bus;
+pub mod legacy;
+pub mod power;
