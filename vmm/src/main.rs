@@ -1,1 +1,136 @@
-fn main() {}
+//! `stratus-vmm` command line.
+//!
+//! ```text
+//! stratus-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
+//!             [--memory MIB] [--serial stdout|off|file:PATH]
+//! stratus-vmm --config FILE.json
+//! ```
+//!
+//! Exit codes: 0 guest powered off, 3 guest rebooted, 1 VMM/KVM error or
+//! guest crash, 2 invalid configuration (nothing was created).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use stratus_vmm::config::{ConfigError, SerialTarget, VmConfig, DEFAULT_CMDLINE};
+use stratus_vmm::outcome::{EXIT_BAD_CONFIG, EXIT_ERROR};
+use stratus_vmm::vm::Vm;
+
+/// Boot a Linux kernel in a KVM virtual machine.
+#[derive(Debug, Parser)]
+#[command(name = "stratus-vmm", version)]
+struct Cli {
+    /// Kernel image: ELF vmlinux (PVH entry used when present) or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long)]
+    vcpus: Option<u64>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Console: stdout, off, or file:PATH.
+    #[arg(long)]
+    serial: Option<String>,
+    /// Read the whole VM configuration from a JSON file instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<VmConfig, ConfigError> {
+        if let Some(path) = &self.config {
+            let flag = [
+                (self.kernel.is_some(), "--kernel"),
+                (self.initrd.is_some(), "--initrd"),
+                (self.cmdline.is_some(), "--cmdline"),
+                (self.vcpus.is_some(), "--vcpus"),
+                (self.memory.is_some(), "--memory"),
+                (self.serial.is_some(), "--serial"),
+            ]
+            .into_iter()
+            .find_map(|(given, name)| given.then_some(name));
+            if let Some(name) = flag {
+                return Err(ConfigError::ConfigAndFlags(name));
+            }
+            return VmConfig::from_json_file(path);
+        }
+        let kernel = self.kernel.ok_or(ConfigError::MissingKernel)?;
+        let vcpus = self.vcpus.unwrap_or(1);
+        let serial = match &self.serial {
+            Some(s) => s.parse()?,
+            None => SerialTarget::Stdout,
+        };
+        Ok(VmConfig {
+            kernel,
+            initrd: self.initrd,
+            cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpuCount(vcpus))?,
+            memory_mib: self.memory.unwrap_or(256),
+            serial,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    stratus_vmm::logger::init();
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first line names the problem; usage follows
+            // in `--help` for whoever wants it.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("stratus-vmm: {first} (see --help)");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+        Err(e) => {
+            // --help / --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let config = match cli.into_config().and_then(|c| c.validate().map(|()| c)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("stratus-vmm: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+
+    let vm = match Vm::new(&config, start) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("stratus-vmm: {e}");
+            // A kernel image that no loader accepts is a configuration
+            // error: nothing ran.
+            let code = match e {
+                stratus_vmm::vm::VmError::Boot(stratus_vmm::boot::BootError::BadKernel {
+                    ..
+                }) => EXIT_BAD_CONFIG,
+                _ => EXIT_ERROR,
+            };
+            return ExitCode::from(code);
+        }
+    };
+    match vm.run() {
+        Ok(outcome) => {
+            eprintln!("stratus-vmm: {outcome}");
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(e) => {
+            eprintln!("stratus-vmm: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

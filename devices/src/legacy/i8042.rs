@@ -57,7 +57,11 @@ mod tests {
         let signal = PowerSignal::new().unwrap();
         let mut dev = I8042::new(PowerTrigger::new(signal.clone(), PowerRequest::Reset));
         dev.write(I8042_PORT_BASE, 0, &[0xfe]);
-        assert_eq!(signal.pending(), None, "the data port is not the command port");
+        assert_eq!(
+            signal.pending(),
+            None,
+            "the data port is not the command port"
+        );
         dev.write(I8042_PORT_BASE, 4, &[0x20]);
         assert_eq!(signal.pending(), None);
         dev.write(I8042_PORT_BASE, 4, &[0xfe]);

@@ -1,0 +1,351 @@
+//! The whole configuration of one VM as a single serde type.
+//!
+//! Command-line flags and `--config FILE.json` both produce a [`VmConfig`];
+//! [`VmConfig::validate`] checks it before any KVM object exists, so a bad
+//! setting is a one-line error and exit code 2, never a half-built VM.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest guest memory we accept: below this even a tiny kernel with an
+/// initramfs cannot decompress and run.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest guest memory we accept (1 TiB); bounded so arithmetic on it can
+/// never overflow and a typo cannot ask the host for petabytes.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Most vCPUs one VM may have.
+pub const MAX_VCPUS: u8 = 32;
+/// Longest kernel command line (the boot protocol's `cmdline_size` for
+/// modern x86 kernels).
+pub const MAX_CMDLINE_LEN: usize = 4096;
+
+/// Command line used when the user gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    256
+}
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_string()
+}
+
+/// Where the guest's COM1 output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialTarget {
+    /// The VMM's standard output (and standard input feeds the guest).
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    Off,
+}
+
+impl std::str::FromStr for SerialTarget {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "stdout" => Ok(SerialTarget::Stdout),
+            "off" | "none" => Ok(SerialTarget::Off),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(SerialTarget::File(PathBuf::from(path))),
+                _ => Err(ConfigError::BadSerial(s.to_string())),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SerialTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SerialTarget::Stdout => write!(f, "stdout"),
+            SerialTarget::Off => write!(f, "off"),
+            SerialTarget::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for SerialTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything needed to build and boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Kernel image: an ELF `vmlinux` or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs, 1 to [`MAX_VCPUS`].
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Console destination.
+    #[serde(default)]
+    pub serial: SerialTarget,
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--serial` value is not `stdout`, `off` or `file:PATH`.
+    #[error("invalid serial target '{0}': expected stdout, off or file:PATH")]
+    BadSerial(String),
+    /// The JSON config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The JSON config file is not a valid configuration.
+    #[error("invalid config file {path}: {source}")]
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// What serde found wrong (unknown keys included).
+        source: serde_json::Error,
+    },
+    /// Neither `--kernel` nor `--config` was given.
+    #[error("no kernel given: use --kernel PATH or --config FILE.json")]
+    MissingKernel,
+    /// `--config` was combined with per-setting flags.
+    #[error("--config cannot be combined with other VM settings ({0})")]
+    ConfigAndFlags(&'static str),
+    /// A file named in the configuration cannot be opened.
+    #[error("{what} {path}: {source}")]
+    UnreadableFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file named in the configuration is not a regular file.
+    #[error("{what} {path} is not a regular file")]
+    NotAFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// vCPU count outside 1..=MAX_VCPUS.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, got {0}")]
+    BadVcpuCount(u64),
+    /// Memory size outside the accepted range.
+    #[error("memory must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB, got {0}")]
+    BadMemorySize(u64),
+    /// The kernel, initrd and boot structures do not fit in guest memory.
+    #[error(
+        "memory too small: kernel and initrd need about {needed_mib} MiB, VM has {memory_mib} MiB"
+    )]
+    MemoryTooSmall {
+        /// What the images need, rounded up.
+        needed_mib: u64,
+        /// What was configured.
+        memory_mib: u64,
+    },
+    /// The command line is too long or contains a NUL byte.
+    #[error("invalid kernel command line: {0}")]
+    BadCmdline(&'static str),
+}
+
+impl VmConfig {
+    /// Reads a JSON configuration file.
+    pub fn from_json_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseConfig {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks every setting that can be checked without KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::BadVcpuCount(u64::from(self.vcpus)));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::BadMemorySize(self.memory_mib));
+        }
+        if self.cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::BadCmdline("longer than 4095 bytes"));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::BadCmdline("contains a NUL byte"));
+        }
+        let kernel_len = regular_file_len("kernel", &self.kernel)?;
+        let initrd_len = match &self.initrd {
+            Some(path) => regular_file_len("initrd", path)?,
+            None => 0,
+        };
+        // The kernel is loaded at 1 MiB and decompresses/expands to a few
+        // times its file size; the initrd sits below the 32-bit MMIO hole.
+        // Demand room for both with a margin so the guest does not die
+        // mysteriously early.
+        let needed = 1 + (kernel_len * 3 + initrd_len).div_ceil(1 << 20) + 16;
+        if needed > self.memory_mib {
+            return Err(ConfigError::MemoryTooSmall {
+                needed_mib: needed,
+                memory_mib: self.memory_mib,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn regular_file_len(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::UnreadableFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    // Opening proves we may read it, which metadata alone does not.
+    std::fs::File::open(path).map_err(|source| ConfigError::UnreadableFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(meta.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn kernel_file(len: usize) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new();
+        f.file().write_all(&vec![0u8; len]).unwrap();
+        f
+    }
+
+    /// A tiny temp-file helper so the tests need no extra crate.
+    mod tempfile_lite {
+        use std::path::PathBuf;
+        pub struct TempFile(PathBuf);
+        impl TempFile {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("stratus-config-test-{}-{n}", std::process::id()));
+                std::fs::File::create(&p).unwrap();
+                TempFile(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+            pub fn file(&self) -> std::fs::File {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&self.0)
+                    .unwrap()
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    fn config(kernel: &Path) -> VmConfig {
+        VmConfig {
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            serial: SerialTarget::Stdout,
+        }
+    }
+
+    #[test]
+    fn accepts_a_sane_config() {
+        let k = kernel_file(4096);
+        config(k.path()).validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_counts_sizes_and_files() {
+        let k = kernel_file(4096);
+        let mut c = config(k.path());
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::BadVcpuCount(0))));
+        c.vcpus = 33;
+        assert!(matches!(c.validate(), Err(ConfigError::BadVcpuCount(33))));
+        c.vcpus = 2;
+        c.memory_mib = 8;
+        assert!(matches!(c.validate(), Err(ConfigError::BadMemorySize(8))));
+        c.memory_mib = 128;
+        c.kernel = "/nonexistent/vmlinux".into();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::UnreadableFile { .. })
+        ));
+        c.kernel = "/".into();
+        assert!(matches!(c.validate(), Err(ConfigError::NotAFile { .. })));
+        c.kernel = k.path().to_path_buf();
+        c.cmdline = "a\0b".into();
+        assert!(matches!(c.validate(), Err(ConfigError::BadCmdline(_))));
+    }
+
+    #[test]
+    fn rejects_memory_too_small_for_the_images() {
+        let k = kernel_file(20 << 20);
+        let mut c = config(k.path());
+        c.memory_mib = 64;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemoryTooSmall { .. })
+        ));
+        c.memory_mib = 128;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn json_uses_defaults_and_rejects_unknown_keys() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!((c.vcpus, c.memory_mib), (1, 256));
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "serial": "file:/tmp/log"}"#).unwrap();
+        assert_eq!(c.serial, SerialTarget::File("/tmp/log".into()));
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "serial": "tty"}"#).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! `stratus-vmm`: one process per instance, a purpose-built VMM on the
+//! rust-vmm crates.
+//!
+//! - [`config`]: the VM's configuration as one serde type, and validation.
+//! - [`layout`]: guest-physical memory layout and the e820 map.
+//! - [`arch`]: CPUID, MSRs, boot registers, ACPI tables (x86_64).
+//! - [`boot`]: kernel/initrd/command-line loading, PVH and zero page.
+//! - [`vcpu`]: one vCPU and its `KVM_RUN` loop.
+//! - [`vm`]: building a VM and running it to its end.
+//! - [`outcome`]: how a VM ended and the matching exit codes.
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod layout;
+pub mod logger;
+pub mod outcome;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,218 @@
+//! One vCPU: its KVM file descriptor, its initial state, and the loop that
+//! runs `KVM_RUN` and sends port-I/O and MMIO exits to the buses.
+//!
+//! Each vCPU runs on its own thread. The buses are shared read-only maps;
+//! the only lock on this path is the per-device one taken for slow-path
+//! register accesses (see `stratus_devices::bus`).
+
+use std::sync::Arc;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use stratus_devices::bus::Bus;
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::regs::{self, EntryMode};
+use crate::arch::{cpuid, msr};
+
+/// Errors setting up a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed while setting initial state.
+    #[error("vCPU {index}: {what} failed: {source}")]
+    Setup {
+        /// Which vCPU.
+        index: u8,
+        /// Which step.
+        what: &'static str,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+    /// Boot structures could not be written.
+    #[error("vCPU {index}: {source}")]
+    BootStructures {
+        /// Which vCPU.
+        index: u8,
+        /// What went wrong.
+        source: regs::RegsError,
+    },
+}
+
+/// Why a vCPU stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// `HLT` reached userspace: only possible without an in-kernel LAPIC.
+    Halted,
+    /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted.
+    TripleFault,
+    /// The CPU refused to enter the guest (invalid state).
+    FailEntry {
+        /// Hardware reason code.
+        reason: u64,
+    },
+    /// KVM could not emulate something the guest did.
+    InternalError,
+    /// A platform event KVM reported (shutdown/reset on some hosts).
+    SystemEvent {
+        /// `KVM_SYSTEM_EVENT_*` type.
+        kind: u32,
+    },
+    /// An exit this VMM does not handle.
+    UnexpectedExit(String),
+    /// `KVM_RUN` itself failed.
+    RunFailed(String),
+}
+
+impl std::fmt::Display for VcpuStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VcpuStop::Halted => write!(f, "halted with no in-kernel interrupt controller"),
+            VcpuStop::TripleFault => write!(f, "guest triple fault (KVM_EXIT_SHUTDOWN)"),
+            VcpuStop::FailEntry { reason } => {
+                write!(
+                    f,
+                    "KVM failed to enter the guest (hardware reason {reason:#x})"
+                )
+            }
+            VcpuStop::InternalError => write!(f, "KVM internal error (emulation failure)"),
+            VcpuStop::SystemEvent { kind } => write!(f, "KVM system event {kind}"),
+            VcpuStop::UnexpectedExit(what) => write!(f, "unhandled VM exit: {what}"),
+            VcpuStop::RunFailed(e) => write!(f, "KVM_RUN failed: {e}"),
+        }
+    }
+}
+
+/// A vCPU and the buses its exits go to.
+#[derive(Debug)]
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+}
+
+impl Vcpu {
+    /// Wraps a created vCPU.
+    pub fn new(index: u8, fd: VcpuFd, pio: Arc<Bus>, mmio: Arc<Bus>) -> Self {
+        Self {
+            index,
+            fd,
+            pio,
+            mmio,
+        }
+    }
+
+    /// The underlying KVM vCPU, for state a caller sets up itself.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    fn setup_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
+        move |source| VcpuError::Setup {
+            index: self.index,
+            what,
+            source,
+        }
+    }
+
+    /// Gives the vCPU its CPUID, MSRs, FPU, LAPIC and entry registers.
+    /// Application processors get the same state but wait for the boot
+    /// CPU's INIT/SIPI, which resets their registers.
+    pub fn configure(
+        &self,
+        supported_cpuid: &CpuId,
+        vcpu_count: u8,
+        mem: &GuestMemoryMmap,
+        entry: EntryMode,
+    ) -> Result<(), VcpuError> {
+        let cpuid = cpuid::for_vcpu(supported_cpuid, self.index, vcpu_count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.setup_err("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_msrs(&msr::boot_msrs())
+            .map_err(self.setup_err("KVM_SET_MSRS"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.setup_err("KVM_SET_FPU"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(self.setup_err("KVM_GET_SREGS"))?;
+        let sregs =
+            regs::setup_sregs(mem, entry, sregs).map_err(|source| VcpuError::BootStructures {
+                index: self.index,
+                source,
+            })?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.setup_err("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(entry))
+            .map_err(self.setup_err("KVM_SET_REGS"))?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(self.setup_err("KVM_GET_LAPIC"))?;
+        regs::set_lint(&mut lapic.regs);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.setup_err("KVM_SET_LAPIC"))?;
+        Ok(())
+    }
+
+    /// Runs the guest until something stops this vCPU for good.
+    pub fn run_until_stop(&mut self) -> VcpuStop {
+        loop {
+            if let Some(stop) = self.run_once() {
+                return stop;
+            }
+        }
+    }
+
+    /// One `KVM_RUN`. Returns `Some` when the vCPU must stop.
+    pub fn run_once(&mut self) -> Option<VcpuStop> {
+        match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    if !self.pio.read(u64::from(port), data) {
+                        // Nothing there: an ISA bus floats high.
+                        data.fill(0xff);
+                    }
+                    None
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(u64::from(port), data);
+                    None
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                    None
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.mmio.write(addr, data);
+                    None
+                }
+                VcpuExit::Hlt => Some(VcpuStop::Halted),
+                VcpuExit::Shutdown => Some(VcpuStop::TripleFault),
+                VcpuExit::FailEntry(reason, _cpu) => Some(VcpuStop::FailEntry { reason }),
+                VcpuExit::InternalError => Some(VcpuStop::InternalError),
+                VcpuExit::SystemEvent(kind, _) => Some(VcpuStop::SystemEvent { kind }),
+                // A signal interrupted KVM_RUN; just go back in.
+                VcpuExit::Intr => None,
+                other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(VcpuStop::RunFailed(e.to_string())),
+        }
+    }
+}
+
+impl Vcpu {
+    /// This vCPU's index (and APIC id).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+}
