@@ -1,1 +1,34 @@
-//! placeholder
+//! End-to-end test support for Stratus.
+//!
+//! - [`images`]: the guest images (stock Debian kernels + a busybox
+//!   initramfs), built into a cache outside the repository.
+//! - [`vhost`]: the virtual host, a QEMU/TCG machine with a real `kvm_amd`
+//!   inside, where stock guest kernels can run on machines whose `/dev/kvm`
+//!   cannot run them; scenarios run there (or directly on hardware KVM).
+//! - [`case`] and [`script`]: scenario scripts and the per-command records
+//!   they print; [`vmms`]: command lines for the VMMs under test.
+//!
+//! The harness never reads anything outside the repository and the cache.
+
+pub mod apt;
+pub mod cache;
+pub mod case;
+pub mod cmd;
+pub mod cpio;
+pub mod error;
+pub mod hostcaps;
+pub mod images;
+pub mod kernel;
+pub mod script;
+pub mod vhost;
+pub mod vmms;
+pub mod workspace;
+
+pub use error::{Error, Result};
+
+/// Prints a progress note straight to stderr. Not `eprintln!`: the test
+/// harness captures that, and these notes matter most when a test hangs.
+pub fn note(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "stratus: {message}");
+}
