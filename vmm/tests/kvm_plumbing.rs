@@ -153,7 +153,7 @@ fn mmio_reads_and_writes_go_through_the_bus() {
     };
     let code = [
         0xc6, 0x06, 0x00, 0x20, 0xab, // mov byte [0x2000], 0xab
-        0xa0, 0x00, 0x30, // mov al, [0x3000]
+        0xa0, 0x00, 0x30, // mov al, [MMIO_READ_ADDR]
         0xba, 0xf8, 0x03, // mov dx, 0x3f8
         0xee, // out dx, al   (echo the MMIO value to the console)
         0xf4, // hlt
@@ -163,6 +163,7 @@ fn mmio_reads_and_writes_go_through_the_bus() {
     let probe = vm.probe.lock().unwrap();
     assert_eq!(probe.writes, vec![(MMIO_WRITE_ADDR, vec![0xab])]);
     assert_eq!(probe.reads, 1);
+    assert!(MMIO_READ_ADDR < MMIO_WRITE_ADDR + 0x2000, "the read hits the probe window");
     assert_eq!(vm.console.0.lock().unwrap().as_slice(), b"!");
 }
 
