@@ -227,7 +227,10 @@ impl Vm {
             &config.cmdline,
             rsdp,
         )?;
-        log::debug!("boot: {boot_info:?}");
+        log::info!(
+            "guest loaded after {:.1} ms: {boot_info:?}",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
 
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -243,6 +246,10 @@ impl Vm {
             vcpus.push(vcpu);
         }
 
+        log::info!(
+            "VM ready after {:.1} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(Self {
             _vm_fd: vm,
             _mem: mem,
