@@ -5,12 +5,14 @@
 //! - [`vhost`]: the virtual host, a QEMU/TCG machine with a real `kvm_amd`
 //!   inside, where stock guest kernels can run on machines whose `/dev/kvm`
 //!   cannot run them; scenarios run there (or directly on hardware KVM).
+//! - [`bench`]: the boot-time benchmark.
 //! - [`case`] and [`script`]: scenario scripts and the per-command records
 //!   they print; [`vmms`]: command lines for the VMMs under test.
 //!
 //! The harness never reads anything outside the repository and the cache.
 
 pub mod apt;
+pub mod bench;
 pub mod cache;
 pub mod case;
 pub mod cmd;

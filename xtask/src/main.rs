@@ -1,1 +1,84 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's automation.
+//!
+//! - `demo`: build stratus-vmm and the tiny image, boot it, show the guest
+//!   console (inside the virtual host when this machine cannot run stock
+//!   kernels on its own `/dev/kvm`).
+//! - `test`: everything CI runs, in one command.
+//! - `images`: build the guest images into the cache.
+//! - `bench boot`: boot-time benchmark against QEMU microvm (and
+//!   Firecracker, given its binary).
+
+mod bench;
+mod demo;
+mod steps;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Stratus project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build stratus-vmm and the tiny image and boot it, showing the console.
+    Demo {
+        /// vCPUs of the demo guest.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Memory of the demo guest in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+    },
+    /// Format check, clippy, unit tests, then the end-to-end tests.
+    Test {
+        /// Stop after the unit tests (no guest boots).
+        #[arg(long)]
+        no_e2e: bool,
+    },
+    /// Build the guest images into the cache and print where they are.
+    Images,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Boot time of stratus-vmm vs QEMU microvm (and Firecracker).
+    Boot {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// A Firecracker binary to include in the comparison.
+        #[arg(long)]
+        firecracker: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { vcpus, memory } => demo::run(vcpus, memory),
+        Command::Test { no_e2e } => test::run(!no_e2e),
+        Command::Images => steps::images().map(|_| ()),
+        Command::Bench {
+            what: BenchCommand::Boot { runs, firecracker },
+        } => bench::boot(runs, firecracker),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Building blocks shared by the xtask commands.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use stratus_tests::images::{self, GuestImage};
+use stratus_tests::{apt, cmd, vhost, workspace, Error};
+
+/// An xtask failure, printed once by `main`.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Every apt package the commands use: the image build and virtual-host
+/// tools.
+pub fn install_packages() -> Result<()> {
+    let mut all: Vec<&str> = vhost::PACKAGES.to_vec();
+    all.extend(images::BUILD_PACKAGES);
+    all.sort_unstable();
+    all.dedup();
+    apt::ensure_installed(&all)?;
+    Ok(())
+}
+
+/// Prints a step header.
+pub fn step(title: &str) {
+    eprintln!("\n==> {title}");
+}
+
+/// Runs a cargo command in the workspace with its output shown.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Result<()> {
+    let mut cargo = workspace::cargo();
+    cargo.current_dir(workspace::root()).args(args);
+    for (key, value) in env {
+        cargo.env(key, value);
+    }
+    eprintln!("$ cargo {}", args.join(" "));
+    let start = Instant::now();
+    cmd::run_visible(&mut cargo)?;
+    eprintln!("   ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Builds the release stratus-vmm in the workspace's target directory.
+pub fn build_vmm() -> Result<PathBuf> {
+    cargo(&["build", "--release", "-p", "stratus-vmm"])?;
+    let path = workspace::target_dir().join("release").join("stratus-vmm");
+    if !path.is_file() {
+        return Err(Box::new(Error::BadInput {
+            path,
+            problem: "not built".into(),
+        }));
+    }
+    Ok(path)
+}
+
+/// Builds the `stratus-case` runner the virtual host needs.
+pub fn build_case_runner() -> Result<PathBuf> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "stratus-tests",
+        "--bin",
+        "stratus-case",
+    ])?;
+    Ok(workspace::target_dir().join("release").join("stratus-case"))
+}
+
+/// Builds (or finds in the cache) both guest images.
+pub fn images() -> Result<Vec<GuestImage>> {
+    install_packages()?;
+    let start = Instant::now();
+    let built = vec![images::tiny()?, images::debian61()?];
+    for image in &built {
+        eprintln!(
+            "image {:<9} kernel {} ({})\n                initrd {}",
+            image.name,
+            image.kernel.display(),
+            image.kernel_release,
+            image.initrd.display()
+        );
+    }
+    eprintln!("images ready in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(built)
+}
+
+/// Runs a command with inherited output and returns its exit code.
+pub fn status(command: &mut Command) -> Result<i32> {
+    let status = command.status().map_err(|source| Error::Spawn {
+        program: command.get_program().to_string_lossy().into_owned(),
+        source,
+    })?;
+    Ok(status.code().unwrap_or(-1))
+}
