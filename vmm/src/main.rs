@@ -40,6 +40,13 @@ struct Cli {
     /// Console: stdout, off, or file:PATH.
     #[arg(long)]
     serial: Option<String>,
+    /// A virtio-blk disk: PATH[,format=raw|qcow2][,readonly][,serial=ID].
+    /// Repeatable; the first is the root disk.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<String>,
+    /// Boot the kernel and initrd found in the first disk's root filesystem.
+    #[arg(long)]
+    boot_from_disk: bool,
     /// Read the whole VM configuration from a JSON file instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -55,6 +62,8 @@ impl Cli {
                 (self.vcpus.is_some(), "--vcpus"),
                 (self.memory.is_some(), "--memory"),
                 (self.serial.is_some(), "--serial"),
+                (!self.disks.is_empty(), "--disk"),
+                (self.boot_from_disk, "--boot-from-disk"),
             ]
             .into_iter()
             .find_map(|(given, name)| given.then_some(name));
@@ -63,14 +72,20 @@ impl Cli {
             }
             return VmConfig::from_json_file(path);
         }
-        let kernel = self.kernel.ok_or(ConfigError::MissingKernel)?;
+        let disks = self
+            .disks
+            .iter()
+            .map(|spec| spec.parse())
+            .collect::<Result<Vec<_>, _>>()?;
         let vcpus = self.vcpus.unwrap_or(1);
         let serial = match &self.serial {
             Some(s) => s.parse()?,
             None => SerialTarget::Stdout,
         };
         Ok(VmConfig {
-            kernel,
+            kernel: self.kernel,
+            disks,
+            boot_from_disk: self.boot_from_disk,
             initrd: self.initrd,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpuCount(vcpus))?,

@@ -89,6 +89,9 @@ pub enum VmError {
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(event_manager::Error),
+    /// The configuration asks for something this build cannot do yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
@@ -156,6 +159,14 @@ impl Vm {
     /// Creates the VM, its memory, devices and vCPUs, and loads the guest.
     /// `start` is when the VMM process started, for the boot timer.
     pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
+        if !config.disks.is_empty() {
+            return Err(VmError::Unsupported("virtio-blk disks (--disk)"));
+        }
+        let Some(kernel) = &config.kernel else {
+            return Err(VmError::Unsupported(
+                "booting from a disk (--boot-from-disk)",
+            ));
+        };
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for cap in [
             Cap::Irqchip,
@@ -222,7 +233,7 @@ impl Vm {
         let rsdp = acpi::write_tables(&mem, &platform)?;
         let boot_info = boot::load(
             &mem,
-            &config.kernel,
+            kernel,
             config.initrd.as_deref(),
             &config.cmdline,
             rsdp,

@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod disk;
+
+pub use disk::{DiskConfig, DiskFormat, MAX_DISK_SERIAL_LEN};
+
 /// Smallest guest memory we accept: below this even a tiny kernel with an
 /// initramfs cannot decompress and run.
 pub const MIN_MEMORY_MIB: u64 = 32;
+/// Most disks one VM may have (each takes a virtio-mmio window and an IRQ).
+pub const MAX_DISKS: usize = 16;
 /// Largest guest memory we accept (1 TiB); bounded so arithmetic on it can
 /// never overflow and a typo cannot ask the host for petabytes.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
@@ -87,8 +93,10 @@ impl<'de> Deserialize<'de> for SerialTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    /// Kernel image: an ELF `vmlinux` or a bzImage.
-    pub kernel: PathBuf,
+    /// Kernel image: an ELF `vmlinux` or a bzImage. Absent when booting
+    /// from the root disk.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
     /// Optional initial ramdisk.
     #[serde(default)]
     pub initrd: Option<PathBuf>,
@@ -104,6 +112,13 @@ pub struct VmConfig {
     /// Console destination.
     #[serde(default)]
     pub serial: SerialTarget,
+    /// virtio-blk disks, in guest order (`/dev/vda`, `/dev/vdb`, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Find the kernel and initrd inside the first disk's root filesystem
+    /// instead of taking them from the host.
+    #[serde(default)]
+    pub boot_from_disk: bool,
 }
 
 /// Why a configuration was rejected.
@@ -128,16 +143,35 @@ pub enum ConfigError {
         /// What serde found wrong (unknown keys included).
         source: serde_json::Error,
     },
-    /// Neither `--kernel` nor `--config` was given.
-    #[error("no kernel given: use --kernel PATH or --config FILE.json")]
+    /// Neither `--kernel`, `--boot-from-disk` nor `--config` was given.
+    #[error(
+        "no kernel given: use --kernel PATH, --disk PATH --boot-from-disk, or --config FILE.json"
+    )]
     MissingKernel,
+    /// Both a host kernel and boot-from-disk were asked for.
+    #[error("--kernel/--initrd and --boot-from-disk are mutually exclusive")]
+    KernelAndBootFromDisk,
+    /// Boot-from-disk without a disk.
+    #[error("--boot-from-disk needs a root disk (--disk PATH)")]
+    BootFromDiskWithoutDisk,
+    /// A `--disk` specification is malformed.
+    #[error("invalid --disk '{spec}': {why}")]
+    BadDisk {
+        /// The specification as given.
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Too many disks.
+    #[error("at most {MAX_DISKS} disks are supported, got {0}")]
+    TooManyDisks(usize),
     /// `--config` was combined with per-setting flags.
     #[error("--config cannot be combined with other VM settings ({0})")]
     ConfigAndFlags(&'static str),
     /// A file named in the configuration cannot be opened.
     #[error("{what} {path}: {source}")]
     UnreadableFile {
-        /// "kernel" or "initrd".
+        /// "kernel", "initrd" or "disk".
         what: &'static str,
         /// The file.
         path: PathBuf,
@@ -200,7 +234,30 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(ConfigError::BadCmdline("contains a NUL byte"));
         }
-        let kernel_len = regular_file_len("kernel", &self.kernel)?;
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(self.disks.len()));
+        }
+        for disk in &self.disks {
+            disk.validate_syntax().map_err(|why| ConfigError::BadDisk {
+                spec: disk.path.display().to_string(),
+                why,
+            })?;
+            regular_file_len("disk", &disk.path)?;
+        }
+        let kernel = match (&self.kernel, self.boot_from_disk) {
+            (Some(_), true) => return Err(ConfigError::KernelAndBootFromDisk),
+            (None, true) if self.initrd.is_some() => {
+                return Err(ConfigError::KernelAndBootFromDisk)
+            }
+            (None, true) if self.disks.is_empty() => {
+                return Err(ConfigError::BootFromDiskWithoutDisk)
+            }
+            // Kernel and initrd sizes are checked once they are found on the disk.
+            (None, true) => return Ok(()),
+            (None, false) => return Err(ConfigError::MissingKernel),
+            (Some(kernel), false) => kernel,
+        };
+        let kernel_len = regular_file_len("kernel", kernel)?;
         let initrd_len = match &self.initrd {
             Some(path) => regular_file_len("initrd", path)?,
             None => 0,
@@ -284,7 +341,9 @@ mod tests {
 
     fn config(kernel: &Path) -> VmConfig {
         VmConfig {
-            kernel: kernel.to_path_buf(),
+            kernel: Some(kernel.to_path_buf()),
+            disks: Vec::new(),
+            boot_from_disk: false,
             initrd: None,
             cmdline: DEFAULT_CMDLINE.into(),
             vcpus: 1,
@@ -311,14 +370,14 @@ mod tests {
         c.memory_mib = 8;
         assert!(matches!(c.validate(), Err(ConfigError::BadMemorySize(8))));
         c.memory_mib = 128;
-        c.kernel = "/nonexistent/vmlinux".into();
+        c.kernel = Some("/nonexistent/vmlinux".into());
         assert!(matches!(
             c.validate(),
             Err(ConfigError::UnreadableFile { .. })
         ));
-        c.kernel = "/".into();
+        c.kernel = Some("/".into());
         assert!(matches!(c.validate(), Err(ConfigError::NotAFile { .. })));
-        c.kernel = k.path().to_path_buf();
+        c.kernel = Some(k.path().to_path_buf());
         c.cmdline = "a\0b".into();
         assert!(matches!(c.validate(), Err(ConfigError::BadCmdline(_))));
     }
@@ -334,6 +393,32 @@ mod tests {
         ));
         c.memory_mib = 128;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn boot_from_disk_excludes_a_host_kernel_and_needs_a_disk() {
+        let k = kernel_file(4096);
+        let mut c = config(k.path());
+        c.boot_from_disk = true;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::KernelAndBootFromDisk)
+        ));
+        c.kernel = None;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BootFromDiskWithoutDisk)
+        ));
+        c.disks.push(k.path().to_str().unwrap().parse().unwrap());
+        c.validate().unwrap();
+        c.disks.push("/nonexistent.img".parse().unwrap());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::UnreadableFile { what: "disk", .. })
+        ));
+        c.boot_from_disk = false;
+        c.disks.clear();
+        assert!(matches!(c.validate(), Err(ConfigError::MissingKernel)));
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! One virtio-blk disk as given by `--disk PATH[,format=raw|qcow2][,readonly][,serial=ID]`
+//! or the `disks` array of a JSON config.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// Longest serial a virtio-blk GET_ID request can return.
+pub const MAX_DISK_SERIAL_LEN: usize = 20;
+
+/// On-disk format of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A plain byte-for-byte image.
+    Raw,
+    /// QEMU copy-on-write v2/v3, optionally over a backing file.
+    Qcow2,
+}
+
+/// A disk attached to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Image file.
+    pub path: PathBuf,
+    /// Format; detected from the file's header when absent.
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+    /// Writes fail with an I/O error status in the guest.
+    #[serde(default)]
+    pub readonly: bool,
+    /// What the guest reads from `/sys/block/vdX/serial` (at most 20 bytes).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::BadDisk {
+            spec: spec.to_string(),
+            why,
+        };
+        let mut parts = spec.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| bad("missing path".into()))?;
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            format: None,
+            readonly: false,
+            serial: None,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                Some(("format", "raw")) => disk.format = Some(DiskFormat::Raw),
+                Some(("format", "qcow2")) => disk.format = Some(DiskFormat::Qcow2),
+                Some(("format", other)) => {
+                    return Err(bad(format!("unknown format '{other}' (raw or qcow2)")))
+                }
+                Some(("serial", id)) => disk.serial = Some(id.to_string()),
+                None if option == "readonly" || option == "ro" => disk.readonly = true,
+                _ => return Err(bad(format!("unknown option '{option}'"))),
+            }
+        }
+        disk.validate_syntax().map_err(bad)?;
+        Ok(disk)
+    }
+}
+
+impl DiskConfig {
+    /// Checks what can be checked without touching the file.
+    pub fn validate_syntax(&self) -> Result<(), String> {
+        if let Some(serial) = &self.serial {
+            if serial.len() > MAX_DISK_SERIAL_LEN {
+                return Err(format!("serial longer than {MAX_DISK_SERIAL_LEN} bytes"));
+            }
+            if !serial.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("serial must be printable ASCII without spaces".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_flag_syntax() {
+        let d: DiskConfig = "/img/root.qcow2,format=qcow2,readonly,serial=vol-1"
+            .parse()
+            .unwrap();
+        assert_eq!(d.path, PathBuf::from("/img/root.qcow2"));
+        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        assert!(d.readonly);
+        assert_eq!(d.serial.as_deref(), Some("vol-1"));
+        let plain: DiskConfig = "data.raw".parse().unwrap();
+        assert_eq!(
+            (plain.format, plain.readonly, plain.serial),
+            (None, false, None)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for spec in [
+            "",
+            ",readonly",
+            "a,format=vmdk",
+            "a,bogus",
+            "a,serial=123456789012345678901",
+            "a,serial=has space",
+        ] {
+            assert!(spec.parse::<DiskConfig>().is_err(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn json_form_matches() {
+        let d: DiskConfig =
+            serde_json::from_str(r#"{"path": "/a", "format": "raw", "readonly": true}"#).unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Raw));
+        assert!(serde_json::from_str::<DiskConfig>(r#"{"path": "/a", "ro": true}"#).is_err());
+    }
+}
