@@ -7,3 +7,5 @@
 pub mod bus;
 pub mod legacy;
 pub mod power;
+pub mod disk;
+pub mod virtio;
