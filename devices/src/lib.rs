@@ -8,4 +8,5 @@ pub mod bus;
 pub mod legacy;
 pub mod power;
 pub mod disk;
+pub mod fuzz;
 pub mod virtio;
