@@ -1,7 +1,7 @@
 //! Raising virtio interrupts: the status bits the driver reads plus an
 //! `EventFd` the VMM registers as an irqfd.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -23,6 +23,9 @@ pub struct IrqTrigger {
 struct Inner {
     status: AtomicU32,
     evt: EventFd,
+    /// Set by a device that hit an error only a reset can clear; the
+    /// transport shows it as DEVICE_NEEDS_RESET in the Status register.
+    needs_reset: AtomicBool,
 }
 
 impl IrqTrigger {
@@ -32,6 +35,7 @@ impl IrqTrigger {
             inner: Arc::new(Inner {
                 status: AtomicU32::new(0),
                 evt: EventFd::new(EFD_NONBLOCK)?,
+                needs_reset: AtomicBool::new(false),
             }),
         })
     }
@@ -51,9 +55,23 @@ impl IrqTrigger {
         self.inner.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Clears all bits (device reset).
+    /// Clears all bits and the needs-reset flag (device reset).
     pub fn clear(&self) {
         self.inner.status.store(0, Ordering::SeqCst);
+        self.inner.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// The device cannot go on until the driver resets it: flag it and
+    /// raise a configuration-change interrupt (virtio 1.x, 2.1.2).
+    pub fn set_needs_reset(&self) {
+        if !self.inner.needs_reset.swap(true, Ordering::SeqCst) {
+            self.trigger(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// Whether [`Self::set_needs_reset`] was called since the last clear.
+    pub fn needs_reset(&self) -> bool {
+        self.inner.needs_reset.load(Ordering::SeqCst)
     }
 
     /// Sets `bits` in InterruptStatus and signals the irqfd.
@@ -83,5 +101,12 @@ mod tests {
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
         irq.clear();
         assert_eq!(irq.status(), 0);
+        irq.set_needs_reset();
+        irq.set_needs_reset();
+        assert!(irq.needs_reset());
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.irq_evt().read().unwrap(), 1);
+        irq.clear();
+        assert!(!irq.needs_reset());
     }
 }

@@ -157,7 +157,11 @@ impl MmioTransport {
 
     /// The Status register as the driver sees it.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Tells the driver the device config changed (for example a resize).
@@ -193,7 +197,7 @@ impl MmioTransport {
             REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.status(),
             // No shared memory regions: length reads as all ones.
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
             REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => 0,
@@ -305,7 +309,7 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let old = self.status;
+        let old = self.status();
         // DEVICE_NEEDS_RESET belongs to the device; the driver echoing it
         // back changes nothing.
         let value = value & !DEVICE_NEEDS_RESET | (old & DEVICE_NEEDS_RESET);
