@@ -5,5 +5,8 @@
 //! tested on plain memory in a unit test.
 
 pub mod bus;
+pub mod disk;
+pub mod fuzz;
 pub mod legacy;
 pub mod power;
+pub mod virtio;

@@ -1,0 +1,42 @@
+//! Per-device counters, bumped where each event happens and read by the
+//! VMM on demand (the device sits behind a mutex, so plain integers do).
+
+/// What one block device has done since it was created.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockMetrics {
+    /// Queue notifications handled.
+    pub queue_events: u64,
+    /// Completed reads.
+    pub reads: u64,
+    /// Bytes read into the guest.
+    pub read_bytes: u64,
+    /// Completed writes.
+    pub writes: u64,
+    /// Bytes written from the guest.
+    pub write_bytes: u64,
+    /// Completed flushes.
+    pub flushes: u64,
+    /// GET_ID requests answered.
+    pub get_ids: u64,
+    /// Completed discards.
+    pub discards: u64,
+    /// Completed write-zeroes requests.
+    pub write_zeroes: u64,
+    /// Requests answered IOERR because the disk failed.
+    pub io_errors: u64,
+    /// Malformed requests answered IOERR (bad descriptors, directions,
+    /// lengths, sectors or guest addresses).
+    pub invalid_requests: u64,
+    /// Requests answered UNSUPP (unknown type, reserved flags).
+    pub unsupported: u64,
+    /// Writes refused because the device is read-only.
+    pub read_only_rejections: u64,
+    /// Chains without a usable status byte: returned with length 0 and
+    /// no status, since there is nowhere to write one.
+    pub dropped_chains: u64,
+    /// Broken queues (bad avail index, used ring not writable); the device
+    /// then asks the driver for a reset.
+    pub queue_errors: u64,
+    /// Used-buffer interrupts raised.
+    pub interrupts: u64,
+}

@@ -1,0 +1,130 @@
+//! Virtio 1.x devices and their MMIO transport.
+//!
+//! A device ([`VirtioDevice`]) knows its queues, features and config space;
+//! the transport ([`mmio::MmioTransport`]) turns guest register accesses into
+//! calls on it and owns the feature/status negotiation. Devices never see the
+//! transport: they get guest memory, their queues and an [`IrqTrigger`] when
+//! the driver sets DRIVER_OK.
+
+pub mod block;
+pub mod interrupt;
+pub mod mmio;
+
+use std::fmt::Debug;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap as GenericGuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use interrupt::{IrqTrigger, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+
+/// Guest memory as the devices see it (no dirty-page bitmap).
+pub type GuestMemoryMmap = GenericGuestMemoryMmap<()>;
+
+/// The low half of a 64-bit register value.
+#[allow(clippy::cast_possible_truncation)] // dropping the high half is the point
+pub(crate) fn low32(value: u64) -> u32 {
+    value as u32
+}
+
+/// Device status bits (virtio 1.x, section 2.1).
+pub mod status {
+    /// The guest OS has noticed the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest OS knows how to drive the device.
+    pub const DRIVER: u32 = 2;
+    /// The driver is set up and ready to drive the device.
+    pub const DRIVER_OK: u32 = 4;
+    /// The driver has acknowledged the features it understands.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// Device-independent feature bits this crate uses.
+pub mod features {
+    /// Modern (virtio 1.x) device; mandatory for this transport.
+    pub const VIRTIO_F_VERSION_1: u32 = 32;
+    /// Indirect descriptor tables.
+    pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+    /// `used_event`/`avail_event` notification suppression.
+    pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+}
+
+/// Virtio device type identifiers (virtio 1.x, section 5).
+pub mod device_type {
+    /// Network card.
+    pub const NET: u32 = 1;
+    /// Block device.
+    pub const BLOCK: u32 = 2;
+}
+
+/// Why a device refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver handed over a different number of queues than the device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device needs.
+        expected: usize,
+        /// Queues it was given.
+        got: usize,
+    },
+    /// A queue the device needs was not marked ready, or its rings are not
+    /// inside guest memory.
+    #[error("queue {0} is not ready or its rings are outside guest memory")]
+    InvalidQueue(usize),
+    /// Activation was attempted on a device that is already running.
+    #[error("device is already active")]
+    AlreadyActive,
+}
+
+/// A virtio device model that can sit behind a transport.
+///
+/// All methods are called with the device lock held, from a vCPU thread
+/// (register accesses) or the event-loop thread (queue processing).
+pub trait VirtioDevice: Send + Debug {
+    /// The virtio device type, see [`device_type`].
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// One `EventFd` per queue, signalled when the driver notifies the queue.
+    ///
+    /// They exist from construction so the VMM can register them as
+    /// ioeventfds (at transport base + 0x50 with datamatch = queue index)
+    /// and in its event loop before the guest runs; a QueueNotify write
+    /// that reaches the bus instead is forwarded to the same `EventFd`.
+    fn queue_events(&self) -> &[EventFd];
+
+    /// Feature bits the device offers (64-bit).
+    fn avail_features(&self) -> u64;
+
+    /// The subset of [`Self::avail_features`] the driver accepted. Called
+    /// once when the driver sets FEATURES_OK; the transport has already
+    /// checked that the set is a subset and contains `VIRTIO_F_VERSION_1`.
+    fn ack_features(&mut self, features: u64);
+
+    /// Reads device config space at `offset`; bytes past the end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes device config space. Devices with a read-only config ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device with the queues the driver configured.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: IrqTrigger,
+    ) -> Result<(), ActivateError>;
+
+    /// Stops the device and drops the queues; it may be activated again.
+    fn reset(&mut self);
+
+    /// Whether [`Self::activate`] succeeded and no reset happened since.
+    fn is_activated(&self) -> bool;
+}
