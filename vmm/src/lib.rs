@@ -6,6 +6,7 @@
 //! - [`arch`]: CPUID, MSRs, boot registers, ACPI tables (x86_64).
 //! - [`boot`]: kernel/initrd/command-line loading, PVH and zero page.
 //! - [`vcpu`]: one vCPU and its `KVM_RUN` loop.
+//! - [`devices`]: placing virtio-mmio devices (windows, GSIs, irqfds, ioeventfds).
 //! - [`vm`]: building a VM and running it to its end.
 //! - [`outcome`]: how a VM ended and the matching exit codes.
 
@@ -13,6 +14,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod devices;
 pub mod layout;
 pub mod logger;
 pub mod outcome;

@@ -26,6 +26,7 @@ use stratus_devices::legacy::serial::{
     SerialDevice, SerialOutput, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
 };
 use stratus_devices::power::{PowerRequest, PowerSignal, PowerTrigger};
+use stratus_devices::virtio::block::Block;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -34,6 +35,7 @@ use crate::arch::acpi::{self, AcpiPlatform};
 use crate::boot;
 use crate::config::{SerialTarget, VmConfig};
 use crate::console::StdinToSerial;
+use crate::devices::VirtioDevices;
 use crate::layout::ram_regions;
 use crate::outcome::VmOutcome;
 use crate::vcpu::{Vcpu, VcpuError, VcpuStop};
@@ -92,6 +94,9 @@ pub enum VmError {
     /// The configuration asks for something this build cannot do yet.
     #[error("not supported yet: {0}")]
     Unsupported(&'static str),
+    /// A virtio device could not be set up.
+    #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
     /// A vCPU thread could not be started.
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
@@ -109,6 +114,7 @@ pub struct Vm {
     _mem: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     serial: Arc<Mutex<SerialDevice>>,
+    blocks: Vec<Arc<Mutex<Block>>>,
     power: Arc<PowerSignal>,
     feed_stdin: bool,
 }
@@ -159,9 +165,6 @@ impl Vm {
     /// Creates the VM, its memory, devices and vCPUs, and loads the guest.
     /// `start` is when the VMM process started, for the boot timer.
     pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
-        if !config.disks.is_empty() {
-            return Err(VmError::Unsupported("virtio-blk disks (--disk)"));
-        }
         let Some(kernel) = &config.kernel else {
             return Err(VmError::Unsupported(
                 "booting from a disk (--boot-from-disk)",
@@ -226,18 +229,20 @@ impl Vm {
         );
         mmio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_ADDR, BOOT_TIMER_LEN)?;
 
+        let mut virtio = VirtioDevices::default();
+        virtio.attach_disks(&vm, &mem, &mut mmio, &config.disks)?;
+
         let platform = AcpiPlatform {
             vcpus: config.vcpus,
-            mmio_devices: Vec::new(),
+            mmio_devices: virtio.acpi.clone(),
         };
+        let mut cmdline = config.cmdline.clone();
+        for arg in &virtio.cmdline_args {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
         let rsdp = acpi::write_tables(&mem, &platform)?;
-        let boot_info = boot::load(
-            &mem,
-            kernel,
-            config.initrd.as_deref(),
-            &config.cmdline,
-            rsdp,
-        )?;
+        let boot_info = boot::load(&mem, kernel, config.initrd.as_deref(), &cmdline, rsdp)?;
         log::info!(
             "guest loaded after {:.1} ms: {boot_info:?}",
             start.elapsed().as_secs_f64() * 1000.0
@@ -266,6 +271,7 @@ impl Vm {
             _mem: mem,
             vcpus,
             serial,
+            blocks: virtio.blocks,
             power,
             feed_stdin: config.serial == SerialTarget::Stdout,
         })
@@ -298,6 +304,9 @@ impl Vm {
             finished: finished.clone(),
         }));
         manager.add_subscriber(watcher);
+        for block in &self.blocks {
+            manager.add_subscriber(block.clone());
+        }
         if self.feed_stdin {
             manager.add_subscriber(Arc::new(Mutex::new(StdinToSerial::new(
                 self.serial.clone(),
