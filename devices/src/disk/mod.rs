@@ -13,6 +13,7 @@
 //! values masked or bounded right before them.
 #![allow(clippy::cast_possible_truncation)]
 
+pub mod probed;
 pub mod qcow2;
 pub mod raw;
 pub mod storage;
@@ -151,11 +152,14 @@ pub fn open_disk(
         path: path.display().to_string(),
         source,
     };
-    let format = match format {
-        Some(f) => f,
-        None => qcow2::probe(path).map_err(io_err)?,
+    let (format, probed) = match format {
+        Some(f) => (f, false),
+        None => (qcow2::probe(path).map_err(io_err)?, true),
     };
     Ok(match format {
+        ImageFormat::Raw if probed => Box::new(probed::ProbedRaw::new(Box::new(
+            RawDisk::open(path, read_only).map_err(io_err)?,
+        ))),
         ImageFormat::Raw => Box::new(RawDisk::open(path, read_only).map_err(io_err)?),
         ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, read_only)?),
     })
