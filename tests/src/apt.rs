@@ -4,9 +4,10 @@
 //! CI starts on a fresh machine, so everything the harness needs is
 //! installed from here, by package name, when running as root.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use crate::cache;
 use crate::cmd;
@@ -86,18 +87,41 @@ fn update_lists() -> Result<()> {
 }
 
 /// A field of the candidate version's record in `apt-cache show`.
+///
+/// Records are memoized per process: each `apt-cache` call takes over a
+/// second, and every image build asks about the same few packages.
 fn candidate_field(package: &str, field: &str) -> Result<Option<String>> {
-    let record =
-        match cmd::stdout(Command::new("apt-cache").args(["show", "--no-all-versions", package])) {
-            Ok(record) => record,
-            Err(Error::CommandFailed { .. }) => return Ok(None),
-            Err(err) => return Err(err),
-        };
+    static RECORDS: Mutex<BTreeMap<String, Option<String>>> = Mutex::new(BTreeMap::new());
+    let cached = RECORDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(package)
+        .cloned();
+    let record = match cached {
+        Some(record) => record,
+        None => {
+            let record = match cmd::stdout(Command::new("apt-cache").args([
+                "show",
+                "--no-all-versions",
+                package,
+            ])) {
+                Ok(record) => Some(record),
+                Err(Error::CommandFailed { .. }) => None,
+                Err(err) => return Err(err),
+            };
+            RECORDS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(package.to_owned(), record.clone());
+            record
+        }
+    };
     let prefix = format!("{field}: ");
-    Ok(record
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(str::to_owned))
+    Ok(record.and_then(|r| {
+        r.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_owned)
+    }))
 }
 
 /// Resolves what the meta package `meta` currently depends on, e.g.

@@ -116,8 +116,20 @@ impl Boot {
             "-initrd".to_owned(),
             self.files.initrd.clone(),
         ]);
-        argv.extend(["-append".to_owned(), self.cmdline.clone()]);
+        argv.extend(["-append".to_owned(), self.qemu_cmdline()]);
         argv
+    }
+
+    /// The command line for QEMU: microvm has no i8042 keyboard controller,
+    /// so `reboot=k` would leave the guest looping in its reboot fallbacks;
+    /// its reset is the ACPI reset register (`reboot=a`). Everything else
+    /// stays the same as for the other VMMs.
+    fn qemu_cmdline(&self) -> String {
+        self.cmdline
+            .split(' ')
+            .map(|word| if word == "reboot=k" { "reboot=a" } else { word })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Firecracker's `--config-file` JSON for this boot.
@@ -159,6 +171,19 @@ mod tests {
             argv,
             "stratus-vmm --kernel k --initrd i --cmdline console=ttyS0 reboot=k panic=-1 quiet stratus.exit=reboot \
              --vcpus 2 --memory 512 --serial stdout"
+        );
+    }
+
+    #[test]
+    fn qemu_resets_through_acpi() {
+        let argv = boot().qemu_microvm();
+        let append = argv
+            .iter()
+            .position(|a| a == "-append")
+            .map(|i| argv[i + 1].as_str());
+        assert_eq!(
+            append,
+            Some("console=ttyS0 reboot=a panic=-1 quiet stratus.exit=reboot")
         );
     }
 

@@ -18,7 +18,7 @@ use stratus_tests::workspace;
 
 /// Per-case limit: a nested boot under TCG takes seconds to tens of
 /// seconds; a VMM that hangs must not eat the whole run.
-const CASE_TIMEOUT_SECS: u64 = 180;
+const CASE_TIMEOUT_SECS: u64 = 120;
 
 static RUN: OnceLock<Option<Result<Outcome, String>>> = OnceLock::new();
 
@@ -94,6 +94,8 @@ fn outcome() -> Option<&'static Outcome> {
             &Boot::new(&tiny, 0, 256, "").stratus_vmm(),
         );
         host.scenario(script.text());
+        // Every case timing out, plus the host's own boot, fits in this.
+        host.timeout(Duration::from_secs(5 * CASE_TIMEOUT_SECS + 3 * 60 + 180));
         Ok(host)
     })
 }

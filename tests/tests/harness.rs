@@ -24,8 +24,11 @@ fn outcome() -> Option<&'static Outcome> {
         host.disk_file(&files.kernel, &tiny.kernel)
             .file(&files.initrd, &tiny.initrd)
             .nested_qemu()?;
+        // Modules later tests need (bridge pulls in stp and llc).
+        host.modules(&["tun", "bridge"]);
         let mut script = Script::new();
         script.case("disk_file", 30, &["stat", "-L", "-c", "%s", &files.kernel]);
+        script.case("modules", 30, &["cat", "/proc/modules"]);
         script.case(
             "qemu_tiny",
             300,
@@ -61,6 +64,21 @@ fn data_disk_files_are_visible() {
         "{}",
         case.describe()
     );
+}
+
+#[test]
+fn requested_modules_and_their_dependencies_are_loaded() {
+    let Some(outcome) = outcome() else { return };
+    let case = outcome.case("modules").expect("modules case missing");
+    for module in ["kvm_amd", "tun", "bridge", "stp", "llc"] {
+        assert!(
+            case.stdout
+                .iter()
+                .any(|l| l.starts_with(&format!("{module} "))),
+            "{module} not loaded\n{}",
+            case.describe()
+        );
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::process::Command;
 
 use stratus_tests::hostcaps;
 use stratus_tests::images;
+use stratus_tests::script::quote;
 use stratus_tests::vhost::{self, Mode, VirtualHost};
 use stratus_tests::vmms::{Boot, GuestFiles};
 
@@ -48,7 +49,11 @@ pub fn run(vcpus: u32, memory_mib: u32) -> Result<()> {
             script.line(&format!(
                 "echo '== stratus-vmm: tiny guest, {vcpus} vCPU, {memory_mib} MiB =='"
             ));
-            script.line(&format!("echo '$ {}'", argv.join(" ").replace('\'', "")));
+            let shown: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+            script.line(&format!(
+                "echo {}",
+                quote(&format!("$ {}", shown.join(" ")))
+            ));
             script.command(&argv);
             script.line("rc=$?");
             script.line("echo \"== stratus-vmm exited with $rc ==\"");

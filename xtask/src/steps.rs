@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use stratus_tests::images::{self, GuestImage};
@@ -21,9 +22,11 @@ pub fn install_packages() -> Result<()> {
     Ok(())
 }
 
-/// Prints a step header.
+/// Prints a step header with the time since the first step.
 pub fn step(title: &str) {
-    eprintln!("\n==> {title}");
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    eprintln!("\n==> [{:>4.0} s] {title}", elapsed.as_secs_f64());
 }
 
 /// Runs a cargo command in the workspace with its output shown.
@@ -31,7 +34,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     cargo_with_env(args, &[])
 }
 
-/// [`cargo`] with extra environment variables.
+/// [`cargo`] with extra environment variables. Prints nothing after
+/// cargo's own output, so a final `cargo test` ends the run with its
+/// summary lines.
 pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Result<()> {
     let mut cargo = workspace::cargo();
     cargo.current_dir(workspace::root()).args(args);
@@ -39,9 +44,7 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Result
         cargo.env(key, value);
     }
     eprintln!("$ cargo {}", args.join(" "));
-    let start = Instant::now();
     cmd::run_visible(&mut cargo)?;
-    eprintln!("   ({:.1} s)", start.elapsed().as_secs_f64());
     Ok(())
 }
 

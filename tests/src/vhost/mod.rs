@@ -419,9 +419,16 @@ impl VirtualHost {
             root.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        // The same wrapper as the host's init, so the outcome parses alike.
-        let wrapper =
-            format!("echo '{READY_MARKER} kvm=yes'; sh scenario.sh; echo \"{EXIT_MARKER}$?\"");
+        // The same wrapper as the host's init, so the outcome parses alike;
+        // modules come from this machine's own kernel.
+        let modprobe: String = self
+            .modules
+            .iter()
+            .map(|m| format!("modprobe {m}; "))
+            .collect();
+        let wrapper = format!(
+            "{modprobe}echo '{READY_MARKER} kvm=yes'; sh scenario.sh; echo \"{EXIT_MARKER}$?\""
+        );
         let mut sh = Command::new("sh");
         sh.args(["-c", &wrapper])
             .current_dir(root)
