@@ -4,6 +4,8 @@
 //! direct kernel boot needs are kept. `initrd` may repeat (microcode first,
 //! then the main initramfs) and `options` may repeat (joined with spaces).
 
+use super::version;
+
 /// The parts of one BLS entry that matter for booting.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BlsEntry {
@@ -43,7 +45,9 @@ impl BlsEntry {
                 // environment block, which is not ours to read; a literal
                 // `$word` on the kernel's command line would only confuse
                 // it, so such tokens are dropped.
-                "options" => options.extend(value.split_whitespace().filter(|t| !t.starts_with('$'))),
+                "options" => {
+                    options.extend(value.split_whitespace().filter(|t| !t.starts_with('$')))
+                }
                 _ => {}
             }
         }
@@ -51,9 +55,19 @@ impl BlsEntry {
         entry
     }
 
-    /// The key entries are ordered by.
-    pub fn sort_key(&self) -> &str {
-        self.version.as_deref().unwrap_or(&self.id)
+    /// Orders entries, older first: an entry with a `version` (everything
+    /// kernel-install writes) ranks above one without, then by version,
+    /// then by file name. Comparing a version with a file name
+    /// (`<machine-id>-...`) would be meaningless, hence the first rule.
+    pub fn cmp_version(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |e: &Self| e.version.is_some();
+        key(self)
+            .cmp(&key(other))
+            .then_with(|| match (&self.version, &other.version) {
+                (Some(a), Some(b)) => version::compare(a, b),
+                _ => std::cmp::Ordering::Equal,
+            })
+            .then_with(|| version::compare(&self.id, &other.id))
     }
 }
 
@@ -79,13 +93,26 @@ mod tests {
             ["/intel-ucode.img", "/initramfs-6.5.6-300.fc39.x86_64.img"]
         );
         assert_eq!(e.options, "root=UUID=abc ro rhgb quiet");
-        assert_eq!(e.sort_key(), "6.5.6-300.fc39.x86_64");
+        assert_eq!(e.version.as_deref(), Some("6.5.6-300.fc39.x86_64"));
     }
 
     #[test]
     fn an_entry_without_keys_is_empty_not_an_error() {
         let e = BlsEntry::parse("x", "linux\n\0\u{feff}garbage\n");
         assert_eq!(e.linux, None);
-        assert_eq!(e.sort_key(), "x");
+        assert_eq!(e.version, None);
+    }
+
+    #[test]
+    fn versioned_entries_outrank_unversioned_ones() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let rescue = BlsEntry::parse(&format!("{id}-0-rescue"), "linux /r\n");
+        let old = BlsEntry::parse("b", "version 6.2.0\n");
+        let new = BlsEntry::parse("a", "version 6.10.0\n");
+        assert!(old.cmp_version(&rescue).is_gt());
+        assert!(new.cmp_version(&old).is_gt());
+        assert!(BlsEntry::parse("b", "")
+            .cmp_version(&BlsEntry::parse("a", ""))
+            .is_gt());
     }
 }

@@ -126,7 +126,12 @@ pub enum BootLoaderError {
     NoKernel,
 }
 
-fn resolve(fs: &Ext4, what: &'static str, path: &str, confine: bool) -> Result<String, BootLoaderError> {
+fn resolve(
+    fs: &Ext4,
+    what: &'static str,
+    path: &str,
+    confine: bool,
+) -> Result<String, BootLoaderError> {
     resolve_file(fs, path, confine).map_err(|source| BootLoaderError::Resolve { what, source })
 }
 
@@ -228,18 +233,15 @@ fn from_bls(fs: &Ext4, limits: &Limits) -> Result<Option<BootPlan>, BootLoaderEr
         let path = resolve(fs, "BLS entry", &format!("{BLS_DIR}/{name}"), true)?;
         // Sized before reading: `read` allocates the inode's whole size.
         file(fs, path.clone(), MAX_BLS_ENTRY)?;
-        let bytes = fs.read(path.as_str()).map_err(|source| BootLoaderError::Fs {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = fs
+            .read(path.as_str())
+            .map_err(|source| BootLoaderError::Fs {
+                path: path.clone(),
+                source,
+            })?;
         let text = String::from_utf8(bytes).map_err(|_| BootLoaderError::BlsNotText { path })?;
         let entry = BlsEntry::parse(id, &text);
-        let newer = |b: &BlsEntry| {
-            version::compare(entry.sort_key(), b.sort_key())
-                .then_with(|| version::compare(&entry.id, &b.id))
-                .is_gt()
-        };
-        if entry.linux.is_some() && best.as_ref().is_none_or(newer) {
+        if entry.linux.is_some() && best.as_ref().is_none_or(|b| entry.cmp_version(b).is_gt()) {
             best = Some(entry);
         }
     }
@@ -282,14 +284,21 @@ fn from_root_links(fs: &Ext4, limits: &Limits) -> Result<Option<BootPlan>, BootL
 fn from_newest_in_boot(fs: &Ext4, limits: &Limits) -> Result<Option<BootPlan>, BootLoaderError> {
     let newest = list(fs, "/boot")?
         .into_iter()
-        .filter_map(|n| n.strip_prefix("vmlinuz-").filter(|v| !v.is_empty()).map(str::to_owned))
+        .filter_map(|n| {
+            n.strip_prefix("vmlinuz-")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
         .max_by(|a, b| version::compare(a, b));
     let Some(ver) = newest else {
         return Ok(None);
     };
     let kernel = resolve(fs, "kernel", &format!("/boot/vmlinuz-{ver}"), true)?;
     let mut initrd = Vec::new();
-    for candidate in [format!("/boot/initrd.img-{ver}"), format!("/boot/initramfs-{ver}.img")] {
+    for candidate in [
+        format!("/boot/initrd.img-{ver}"),
+        format!("/boot/initramfs-{ver}.img"),
+    ] {
         if exists(fs, &candidate)? {
             initrd.push(resolve(fs, "initrd", &candidate, true)?);
             break;

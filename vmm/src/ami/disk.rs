@@ -13,7 +13,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// A disk image readable at arbitrary byte offsets.
-pub trait ReadAt {
+///
+/// `Send + Sync` because one disk is shared (behind an `Arc`) between this
+/// reader and the VMM's device threads.
+pub trait ReadAt: Send + Sync {
     /// Fills all of `buf` from the bytes starting at `offset`; a read that
     /// would run past [`ReadAt::len`] is an error, not a short read.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;

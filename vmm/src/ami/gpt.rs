@@ -170,7 +170,9 @@ pub enum GptError {
     TooManyEntries(u32),
     /// The partition array extends past the disk or into the header or the
     /// usable area.
-    #[error("GPT partition array at LBA {lba} ({bytes} bytes) lies outside the area reserved for it")]
+    #[error(
+        "GPT partition array at LBA {lba} ({bytes} bytes) lies outside the area reserved for it"
+    )]
     ArrayOutOfBounds {
         /// Where the array starts.
         lba: u64,
@@ -325,7 +327,7 @@ fn parse_header(disk: &dyn ReadAt, sector: u64) -> Result<Header, GptError> {
         });
     }
     let entry_size = u32_at(h, 84);
-    if !(MIN_ENTRY_SIZE..=MAX_ENTRY_SIZE).contains(&entry_size) || entry_size % 8 != 0 {
+    if !(MIN_ENTRY_SIZE..=MAX_ENTRY_SIZE).contains(&entry_size) || entry_size & 7 != 0 {
         return Err(GptError::EntrySize(entry_size));
     }
     let entries = u32_at(h, 80);
@@ -367,7 +369,8 @@ struct Entry {
 
 /// Streams the partition array, checking its CRC and every in-use entry.
 fn read_entries(disk: &dyn ReadAt, h: &Header) -> Result<Vec<Entry>, GptError> {
-    let entry_size = usize::try_from(h.entry_size).map_err(|_| GptError::EntrySize(h.entry_size))?;
+    let entry_size =
+        usize::try_from(h.entry_size).map_err(|_| GptError::EntrySize(h.entry_size))?;
     let per_chunk = ARRAY_CHUNK / entry_size; // at least 4: entry_size <= 4096
     let mut buf = vec![0u8; per_chunk * entry_size];
     let mut crc = Crc32::new();
@@ -377,7 +380,12 @@ fn read_entries(disk: &dyn ReadAt, h: &Header) -> Result<Vec<Entry>, GptError> {
     while number <= h.entries {
         let left = usize::try_from(h.entries - number + 1).unwrap_or(per_chunk);
         let n = left.min(per_chunk);
-        let chunk = read(disk, &mut buf[..n * entry_size], offset, "GPT partition array")?;
+        let chunk = read(
+            disk,
+            &mut buf[..n * entry_size],
+            offset,
+            "GPT partition array",
+        )?;
         crc.update(chunk);
         for raw in chunk.chunks_exact(entry_size) {
             let mut type_guid = [0u8; 16];
@@ -521,7 +529,10 @@ mod tests {
             LINUX_ROOT_X86_64.to_string(),
             "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
         );
-        assert_eq!(LINUX_FS_DATA.to_string(), "0fc63daf-8483-4772-8e79-3d69d8477de4");
+        assert_eq!(
+            LINUX_FS_DATA.to_string(),
+            "0fc63daf-8483-4772-8e79-3d69d8477de4"
+        );
     }
 
     #[test]
@@ -533,13 +544,29 @@ mod tests {
         );
         let root = find(&d).unwrap();
         assert_eq!((root.start, root.len), (200 * 512, 100 * 512));
-        assert!(matches!(root.source, RootSource::Partition { number: 2, .. }));
+        assert!(matches!(
+            root.source,
+            RootSource::Partition { number: 2, .. }
+        ));
     }
 
     #[test]
     fn falls_back_to_the_first_linux_data_partition() {
-        let esp = Guid::new(0xc12a_7328, 0xf81f, 0x11d2, [0xba, 0x4b, 0, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]);
-        let d = disk(4096, &[(esp, 40, 99), (LINUX_FS_DATA, 100, 199), (LINUX_FS_DATA, 300, 399)], |_| {});
+        let esp = Guid::new(
+            0xc12a_7328,
+            0xf81f,
+            0x11d2,
+            [0xba, 0x4b, 0, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b],
+        );
+        let d = disk(
+            4096,
+            &[
+                (esp, 40, 99),
+                (LINUX_FS_DATA, 100, 199),
+                (LINUX_FS_DATA, 300, 399),
+            ],
+            |_| {},
+        );
         assert_eq!(find(&d).unwrap().start, 100 * 512);
     }
 
@@ -566,33 +593,58 @@ mod tests {
 
     #[test]
     fn array_past_the_end_is_refused() {
-        let d = disk(4096, &[], |h| h[72..80].copy_from_slice(&4090u64.to_le_bytes()));
+        let d = disk(4096, &[], |h| {
+            h[72..80].copy_from_slice(&4090u64.to_le_bytes())
+        });
         assert!(matches!(find(&d), Err(GptError::ArrayOutOfBounds { .. })));
-        let d = disk(4096, &[], |h| h[72..80].copy_from_slice(&u64::MAX.to_le_bytes()));
+        let d = disk(4096, &[], |h| {
+            h[72..80].copy_from_slice(&u64::MAX.to_le_bytes())
+        });
         assert!(matches!(find(&d), Err(GptError::ArrayOutOfBounds { .. })));
     }
 
     #[test]
     fn huge_counts_and_sizes_are_refused() {
-        let d = disk(4096, &[], |h| h[80..84].copy_from_slice(&u32::MAX.to_le_bytes()));
+        let d = disk(4096, &[], |h| {
+            h[80..84].copy_from_slice(&u32::MAX.to_le_bytes())
+        });
         assert!(matches!(find(&d), Err(GptError::TooManyEntries(u32::MAX))));
         for size in [0u32, 127, 132, 8192, u32::MAX] {
-            let d = disk(4096, &[], |h| h[84..88].copy_from_slice(&size.to_le_bytes()));
-            assert!(matches!(find(&d), Err(GptError::EntrySize(s)) if s == size), "{size}");
+            let d = disk(4096, &[], |h| {
+                h[84..88].copy_from_slice(&size.to_le_bytes())
+            });
+            assert!(
+                matches!(find(&d), Err(GptError::EntrySize(s)) if s == size),
+                "{size}"
+            );
         }
-        let d = disk(4096, &[], |h| h[12..16].copy_from_slice(&u32::MAX.to_le_bytes()));
+        let d = disk(4096, &[], |h| {
+            h[12..16].copy_from_slice(&u32::MAX.to_le_bytes())
+        });
         assert!(matches!(find(&d), Err(GptError::HeaderSize(_))));
-        let d = disk(4096, &[], |h| h[48..56].copy_from_slice(&u64::MAX.to_le_bytes()));
+        let d = disk(4096, &[], |h| {
+            h[48..56].copy_from_slice(&u64::MAX.to_le_bytes())
+        });
         assert!(matches!(find(&d), Err(GptError::UsableRange { .. })));
     }
 
     #[test]
     fn bad_partitions_are_refused() {
         let d = disk(4096, &[(LINUX_FS_DATA, 200, 199)], |_| {});
-        assert!(matches!(find(&d), Err(GptError::EmptyPartition { number: 1, .. })));
+        assert!(matches!(
+            find(&d),
+            Err(GptError::EmptyPartition { number: 1, .. })
+        ));
         let d = disk(4096, &[(LINUX_FS_DATA, 100, 5000)], |_| {});
-        assert!(matches!(find(&d), Err(GptError::PartitionOutOfBounds { .. })));
-        let d = disk(4096, &[(LINUX_FS_DATA, 100, 199), (LINUX_FS_DATA, 150, 250)], |_| {});
+        assert!(matches!(
+            find(&d),
+            Err(GptError::PartitionOutOfBounds { .. })
+        ));
+        let d = disk(
+            4096,
+            &[(LINUX_FS_DATA, 100, 199), (LINUX_FS_DATA, 150, 250)],
+            |_| {},
+        );
         assert!(matches!(find(&d), Err(GptError::Overlap { a: 1, b: 2 })));
     }
 

@@ -91,7 +91,8 @@ impl AmiId {
     /// Validates `s` as an AMI id.
     pub fn parse(s: &str) -> Result<Self, ManifestError> {
         let ok = s.strip_prefix("ami-").is_some_and(|hex| {
-            hex.len() == ID_HEX_DIGITS && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            hex.len() == ID_HEX_DIGITS
+                && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
         });
         ok.then(|| Self(s.to_owned()))
             .ok_or_else(|| ManifestError::BadId(s.to_owned()))
@@ -254,7 +255,10 @@ mod tests {
         let m = with(r#""raw""#, r#""qcow2""#).unwrap();
         assert_eq!(m.root_device.format, ImageFormat::Qcow2);
         let m = with(r#""disk.raw""#, r#""./images/disk.qcow2""#).unwrap();
-        assert_eq!(m.root_device.image, Path::new("/bundles/deb/images/disk.qcow2"));
+        assert_eq!(
+            m.root_device.image,
+            Path::new("/bundles/deb/images/disk.qcow2")
+        );
     }
 
     #[test]
@@ -295,17 +299,33 @@ mod tests {
 
     #[test]
     fn image_paths_must_stay_in_the_bundle() {
-        for image in ["/etc/shadow", "../disk.raw", "a/../../disk.raw", "", ".", "a/.."] {
+        for image in [
+            "/etc/shadow",
+            "../disk.raw",
+            "a/../../disk.raw",
+            "",
+            ".",
+            "a/..",
+        ] {
             let e = with("disk.raw", image);
-            assert!(matches!(e, Err(ManifestError::ImageOutsideBundle(_))), "{image}: {e:?}");
+            assert!(
+                matches!(e, Err(ManifestError::ImageOutsideBundle(_))),
+                "{image}: {e:?}"
+            );
         }
     }
 
     #[test]
     fn names_and_cmdlines_are_checked() {
-        assert!(matches!(with("debian-12-amd64", ""), Err(ManifestError::BadName(_))));
+        assert!(matches!(
+            with("debian-12-amd64", ""),
+            Err(ManifestError::BadName(_))
+        ));
         let long = "n".repeat(MAX_NAME_LEN + 1);
-        assert!(matches!(with("debian-12-amd64", &long), Err(ManifestError::BadName(_))));
+        assert!(matches!(
+            with("debian-12-amd64", &long),
+            Err(ManifestError::BadName(_))
+        ));
         let e = with("console=ttyS0", "console=ttyS0\\ninit=/bin/sh");
         assert!(matches!(e, Err(ManifestError::BadCmdline)));
     }

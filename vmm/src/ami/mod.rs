@@ -127,7 +127,10 @@ fn without_root(options: &str) -> String {
 
 /// Locates and opens the root filesystem and finds what to boot, without
 /// copying anything.
-pub fn inspect(disk: Arc<dyn ReadAt>, limits: &Limits) -> Result<(RootFs, RootLocation, BootPlan), AmiError> {
+pub fn inspect(
+    disk: Arc<dyn ReadAt>,
+    limits: &Limits,
+) -> Result<(RootFs, RootLocation, BootPlan), AmiError> {
     let root = gpt::find_root(&*disk)?;
     // `find_root` only returns ranges inside the disk.
     let part: Arc<dyn ReadAt> = match Slice::new(disk, root.start, root.len) {
@@ -139,16 +142,25 @@ pub fn inspect(disk: Arc<dyn ReadAt>, limits: &Limits) -> Result<(RootFs, RootLo
     Ok((fs, root, plan))
 }
 
-/// Streams `files` from the image into `dst`, each padded to `align`.
-fn copy_out(fs: &RootFs, files: &[BootFile], align: u64, dst: &mut dyn Write, dst_path: &Path) -> Result<(), StageError> {
-    for f in files {
+/// Streams `files` from the image into `dst`, each but the last padded to
+/// `align`.
+fn copy_out(
+    fs: &RootFs,
+    files: &[BootFile],
+    align: u64,
+    dst: &mut dyn Write,
+    dst_path: &Path,
+) -> Result<(), StageError> {
+    for (i, f) in files.iter().enumerate() {
         let mut src = fs.open_file(&f.path).map_err(|e| StageError::Read {
             path: f.path.clone(),
             source: io::Error::from(e),
         })?;
         staging::copy_exact(&f.path, &mut src, f.len, dst, dst_path)?;
-        let pad = (align - f.len % align) % align;
-        staging::copy_exact(&f.path, &mut io::repeat(0), pad, dst, dst_path)?;
+        if i + 1 < files.len() {
+            let pad = (align - f.len % align) % align;
+            staging::copy_exact(&f.path, &mut io::repeat(0), pad, dst, dst_path)?;
+        }
     }
     Ok(())
 }
@@ -160,11 +172,21 @@ pub fn find_boot_files(disk: Arc<dyn ReadAt>) -> Result<DiskBoot, AmiError> {
 }
 
 /// [`find_boot_files`] with the staging parent and size caps chosen.
-pub fn find_boot_files_in(disk: Arc<dyn ReadAt>, parent: &Path, limits: &Limits) -> Result<DiskBoot, AmiError> {
+pub fn find_boot_files_in(
+    disk: Arc<dyn ReadAt>,
+    parent: &Path,
+    limits: &Limits,
+) -> Result<DiskBoot, AmiError> {
     let (fs, root, plan) = inspect(disk, limits)?;
     let staging = StagingDir::new_in(parent)?;
     let (kernel, mut out) = staging.create("vmlinuz")?;
-    copy_out(&fs, std::slice::from_ref(&plan.kernel), 1, &mut out, &kernel)?;
+    copy_out(
+        &fs,
+        std::slice::from_ref(&plan.kernel),
+        1,
+        &mut out,
+        &kernel,
+    )?;
     let initrd = if plan.initrds.is_empty() {
         None
     } else {
@@ -200,6 +222,12 @@ pub fn fuzz_boot_reader(data: &[u8]) {
     };
     let _ = root_cmdline(fs.uuid(), &plan.options);
     let sink_path = Path::new("/dev/null");
-    let _ = copy_out(&fs, std::slice::from_ref(&plan.kernel), 1, &mut io::sink(), sink_path);
+    let _ = copy_out(
+        &fs,
+        std::slice::from_ref(&plan.kernel),
+        1,
+        &mut io::sink(),
+        sink_path,
+    );
     let _ = copy_out(&fs, &plan.initrds, INITRD_ALIGN, &mut io::sink(), sink_path);
 }

@@ -126,7 +126,8 @@ pub fn resolve_file(fs: &Ext4, path: &str, confine: bool) -> Result<String, Reso
     while let Some(name) = todo.pop() {
         if name == ".." {
             if done.pop().is_none() {
-                let (path, target) = last_link.unwrap_or_else(|| (path.to_owned(), path.to_owned()));
+                let (path, target) =
+                    last_link.unwrap_or_else(|| (path.to_owned(), path.to_owned()));
                 return Err(ResolveError::EscapesRoot { path, target });
             }
             continue;

@@ -158,7 +158,10 @@ mod tests {
         let e = geometry(|sb| sb[0x150..0x154].copy_from_slice(&u32::MAX.to_le_bytes()));
         assert!(matches!(e, Err(RootFsError::BadGeometry(_))), "{e:?}");
         // The same lie, reaching ext4-view, must also fail cleanly.
-        assert!(RootFs::open(image(|sb| sb[0x4..0x8].copy_from_slice(&u32::MAX.to_le_bytes()))).is_err());
+        assert!(RootFs::open(image(
+            |sb| sb[0x4..0x8].copy_from_slice(&u32::MAX.to_le_bytes())
+        ))
+        .is_err());
     }
 
     #[test]
@@ -179,6 +182,9 @@ mod tests {
 
     #[test]
     fn a_garbage_filesystem_fails_cleanly() {
-        assert!(matches!(RootFs::open(image(|_| {})), Err(RootFsError::Open(_))));
+        assert!(matches!(
+            RootFs::open(image(|_| {})),
+            Err(RootFsError::Open(_))
+        ));
     }
 }

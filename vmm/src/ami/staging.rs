@@ -108,14 +108,23 @@ impl StagingDir {
 impl Drop for StagingDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            log::warn!("cannot remove staging directory {}: {e}", self.path.display());
+            log::warn!(
+                "cannot remove staging directory {}: {e}",
+                self.path.display()
+            );
         }
     }
 }
 
 /// Copies exactly `want` bytes from `src` (the image file `name`) to `dst`,
 /// which may be [`io::sink`] when only reading matters.
-pub fn copy_exact(name: &str, src: &mut dyn Read, want: u64, dst: &mut dyn Write, dst_path: &Path) -> Result<(), StageError> {
+pub fn copy_exact(
+    name: &str,
+    src: &mut dyn Read,
+    want: u64,
+    dst: &mut dyn Write,
+    dst_path: &Path,
+) -> Result<(), StageError> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut got: u64 = 0;
     while got < want {
@@ -170,6 +179,13 @@ mod tests {
         copy_exact("k", &mut &b"abc"[..], 3, &mut out, Path::new("o")).unwrap();
         assert_eq!(out, b"abc");
         let e = copy_exact("k", &mut &b"abc"[..], 4, &mut io::sink(), Path::new("o"));
-        assert!(matches!(e, Err(StageError::Short { got: 3, want: 4, .. })));
+        assert!(matches!(
+            e,
+            Err(StageError::Short {
+                got: 3,
+                want: 4,
+                ..
+            })
+        ));
     }
 }

@@ -27,7 +27,10 @@ fn split_non_digits(s: &[u8]) -> (&[u8], &[u8]) {
 
 /// Splits `s` into its leading digit run and the rest.
 fn split_digits(s: &[u8]) -> (&[u8], &[u8]) {
-    let n = s.iter().position(|c| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n = s
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(s.len());
     s.split_at(n)
 }
 
@@ -95,7 +98,10 @@ mod tests {
     fn rescue_entries_sort_below_real_kernels() {
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            compare(&format!("{id}-0-rescue"), &format!("{id}-6.5.0-300.fc39.x86_64")),
+            compare(
+                &format!("{id}-0-rescue"),
+                &format!("{id}-6.5.0-300.fc39.x86_64")
+            ),
             Ordering::Less
         );
     }
