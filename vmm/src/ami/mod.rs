@@ -3,7 +3,9 @@
 //! mounts or helper tools.
 //!
 //! - [`manifest`]: the AMI bundle's manifest, parsed and validated.
-//! - [`disk`]: the [`ReadAt`] trait disks are read through.
+//! - [`disk`]: the [`ReadAt`] trait disks are read through; it is also
+//!   implemented for `Mutex<B>` over the block device's backends (raw,
+//!   qcow2), so the reader sees what the guest will.
 //! - [`gpt`]: the partition table, and which partition is the root.
 //! - [`rootfs`]: the ext4 root filesystem.
 //! - [`resolve`]: following symlinks inside the image, under a policy.
@@ -14,6 +16,7 @@
 //! The whole pipeline is [`find_boot_files`]; [`fuzz_boot_reader`] runs it
 //! over arbitrary bytes.
 
+mod backend;
 pub mod bls;
 pub mod bootloader;
 mod crc32;

@@ -79,6 +79,33 @@ pub struct Tools {
     sfdisk: PathBuf,
 }
 
+/// `qemu-img`, or `None` (after saying why) when a test should skip.
+pub fn qemu_img() -> Option<PathBuf> {
+    match find_tool("qemu-img") {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("qemu-img is required in CI (apt-get install qemu-utils)")
+        }
+        None => {
+            eprintln!("skipping: qemu-img not installed (qemu-utils)");
+            None
+        }
+    }
+}
+
+/// Converts the raw image `raw` to qcow2 beside it.
+pub fn to_qcow2(qemu_img: &Path, raw: &Path) -> PathBuf {
+    let out = raw.with_extension("qcow2");
+    run(
+        Command::new(qemu_img)
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(raw)
+            .arg(&out),
+        "",
+    );
+    out
+}
+
 /// The tools, or `None` (after saying why) when a test should skip.
 pub fn tools() -> Option<Tools> {
     match (find_tool("mkfs.ext4"), find_tool("sfdisk")) {

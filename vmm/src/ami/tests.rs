@@ -9,7 +9,7 @@ use super::crc32::crc32;
 use super::gpt::{GptError, RootSource, LINUX_FS_DATA, LINUX_ROOT_X86_64};
 use super::resolve::ResolveError;
 use super::rootfs::RootFsError;
-use super::testimg::{tools, Scratch, Tools, FS_UUID};
+use super::testimg::{qemu_img, to_qcow2, tools, Scratch, Tools, FS_UUID};
 use super::*;
 
 const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
@@ -66,6 +66,21 @@ fn debian_links_on_a_gpt_disk_at_1mib() {
     assert!(dir.starts_with(s.path()));
     drop(b);
     assert!(!dir.exists(), "staged files are removed on drop");
+}
+
+#[test]
+fn a_qcow2_image_reads_through_the_block_backend() {
+    let s = Scratch::new("qcow2");
+    debian_tree(&s);
+    let Some(t) = tools() else { return };
+    let Some(qemu_img) = qemu_img() else { return };
+    let raw = t.gpt_disk(&s, &t.mkfs(&s, MIB), FS_DATA);
+    let qcow2 = to_qcow2(&qemu_img, &raw);
+    let backend = stratus_devices::disk::Qcow2Disk::open(&qcow2, true).unwrap();
+    let disk: Arc<dyn ReadAt> = Arc::new(std::sync::Mutex::new(backend));
+    let b = find_boot_files_in(disk, s.path(), &Limits::default()).unwrap();
+    assert_eq!(b.found_by, FoundBy::RootLinks);
+    assert_eq!(read(&b.kernel), b"kernel 6.1.0-27");
 }
 
 #[test]
