@@ -170,6 +170,19 @@ fn copy_out(
 
 /// Finds the kernel and initrd on `disk` and stages them in a private
 /// directory under `$XDG_RUNTIME_DIR` (or the temp directory).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use stratus_vmm::ami::{find_boot_files, ReadAt};
+///
+/// let disk: Arc<dyn ReadAt> = Arc::new(std::fs::File::open("disk.raw")?);
+/// let boot = find_boot_files(disk)?;
+/// let cmdline = format!("{} console=ttyS0", boot.cmdline());
+/// // boot::load(&mem, &boot.kernel, boot.initrd.as_deref(), &cmdline, rsdp)?;
+/// // ...and keep `boot` alive until the load is done.
+/// # let _ = cmdline;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn find_boot_files(disk: Arc<dyn ReadAt>) -> Result<DiskBoot, AmiError> {
     find_boot_files_in(disk, &staging::default_parent(), &Limits::default())
 }
