@@ -1,6 +1,8 @@
 //! `stratus-vmm`: one process per instance, a purpose-built VMM on the
 //! rust-vmm crates.
 //!
+//! - [`ami`]: booting from an AMI's disk: partition table, ext4 root,
+//!   kernel and initrd found the way the image's bootloader would.
 //! - [`config`]: the VM's configuration as one serde type, and validation.
 //! - [`layout`]: guest-physical memory layout and the e820 map.
 //! - [`arch`]: CPUID, MSRs, boot registers, ACPI tables (x86_64).
@@ -10,6 +12,7 @@
 //! - [`vm`]: building a VM and running it to its end.
 //! - [`outcome`]: how a VM ended and the matching exit codes.
 
+pub mod ami;
 pub mod arch;
 pub mod boot;
 pub mod config;
