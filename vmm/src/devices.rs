@@ -69,7 +69,8 @@ pub struct VirtioDevices {
     pub cmdline_args: Vec<String>,
 }
 
-fn image_format(format: Option<DiskFormat>) -> Option<ImageFormat> {
+/// The device crate's name for a configured format.
+pub fn image_format(format: Option<DiskFormat>) -> Option<ImageFormat> {
     format.map(|f| match f {
         DiskFormat::Raw => ImageFormat::Raw,
         DiskFormat::Qcow2 => ImageFormat::Qcow2,

@@ -19,6 +19,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use stratus_devices::bus::Bus;
+use stratus_devices::disk::open_disk;
 use stratus_devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
 use stratus_devices::legacy::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use stratus_devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
@@ -31,9 +32,10 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::ami::{find_boot_files, DiskBoot, ReadAt};
 use crate::arch::acpi::{self, AcpiPlatform};
 use crate::boot;
-use crate::config::{SerialTarget, VmConfig};
+use crate::config::{DiskConfig, SerialTarget, VmConfig};
 use crate::console::StdinToSerial;
 use crate::devices::VirtioDevices;
 use crate::layout::ram_regions;
@@ -94,6 +96,14 @@ pub enum VmError {
     /// The configuration asks for something this build cannot do yet.
     #[error("not supported yet: {0}")]
     Unsupported(&'static str),
+    /// The root disk holds nothing bootable (or is not a readable image).
+    #[error("cannot boot from disk {path}: {source}")]
+    DiskBoot {
+        /// The root disk.
+        path: String,
+        /// Why.
+        source: DiskBootError,
+    },
     /// A virtio device could not be set up.
     #[error(transparent)]
     Device(#[from] crate::devices::DeviceError),
@@ -117,6 +127,33 @@ pub struct Vm {
     blocks: Vec<Arc<Mutex<Block>>>,
     power: Arc<PowerSignal>,
     feed_stdin: bool,
+}
+
+/// Why the root disk could not be booted from.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskBootError {
+    /// The image could not be opened.
+    #[error(transparent)]
+    Open(#[from] stratus_devices::disk::OpenError),
+    /// The image holds no kernel we can find.
+    #[error(transparent)]
+    Find(#[from] crate::ami::AmiError),
+}
+
+/// Opens the root disk read-only with the same backend the guest will use
+/// and finds the kernel and initrd in its root filesystem.
+fn find_disk_boot(root: &DiskConfig) -> Result<DiskBoot, VmError> {
+    let path = root.path.display().to_string();
+    let wrap = |source: DiskBootError| VmError::DiskBoot {
+        path: path.clone(),
+        source,
+    };
+    let backend = open_disk(&root.path, crate::devices::image_format(root.format), true)
+        .map_err(|e| wrap(e.into()))?;
+    let reader: Arc<dyn ReadAt> = Arc::new(Mutex::new(backend));
+    let found = find_boot_files(reader).map_err(|e| wrap(e.into()))?;
+    log::info!("boot from disk: {found:?}");
+    Ok(found)
 }
 
 fn serial_output(target: &SerialTarget) -> Result<SerialOutput, VmError> {
@@ -165,10 +202,25 @@ impl Vm {
     /// Creates the VM, its memory, devices and vCPUs, and loads the guest.
     /// `start` is when the VMM process started, for the boot timer.
     pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
-        let Some(kernel) = &config.kernel else {
-            return Err(VmError::Unsupported(
-                "booting from a disk (--boot-from-disk)",
-            ));
+        // Found before any KVM object exists: a disk we cannot boot from is
+        // a configuration problem, not a VM failure.
+        let disk_boot = match (config.boot_from_disk, config.disks.first()) {
+            (true, Some(root)) => Some(find_disk_boot(root)?),
+            (true, None) => return Err(VmError::Unsupported("--boot-from-disk without a disk")),
+            (false, _) => None,
+        };
+        let (kernel, initrd, mut cmdline) = match (&disk_boot, &config.kernel) {
+            (Some(found), _) => (
+                found.kernel.as_path(),
+                found.initrd.as_deref(),
+                format!("{} {}", found.cmdline(), config.cmdline),
+            ),
+            (None, Some(kernel)) => (
+                kernel.as_path(),
+                config.initrd.as_deref(),
+                config.cmdline.clone(),
+            ),
+            (None, None) => return Err(VmError::Unsupported("a VM without a kernel")),
         };
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for cap in [
@@ -236,13 +288,12 @@ impl Vm {
             vcpus: config.vcpus,
             mmio_devices: virtio.acpi.clone(),
         };
-        let mut cmdline = config.cmdline.clone();
         for arg in &virtio.cmdline_args {
             cmdline.push(' ');
             cmdline.push_str(arg);
         }
         let rsdp = acpi::write_tables(&mem, &platform)?;
-        let boot_info = boot::load(&mem, kernel, config.initrd.as_deref(), &cmdline, rsdp)?;
+        let boot_info = boot::load(&mem, kernel, initrd, &cmdline, rsdp)?;
         log::info!(
             "guest loaded after {:.1} ms: {boot_info:?}",
             start.elapsed().as_secs_f64() * 1000.0

@@ -164,3 +164,29 @@ pub fn open_disk(
         ImageFormat::Qcow2 => Box::new(Qcow2Disk::open(path, read_only)?),
     })
 }
+
+/// A boxed backend is a backend, so code generic over `DiskBackend` also
+/// takes what [`open_disk`] returns.
+impl DiskBackend for Box<dyn DiskBackend> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        (**self).flush()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        (**self).discard(offset, len)
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
+        (**self).write_zeroes(offset, len)
+    }
+}
