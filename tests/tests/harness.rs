@@ -5,6 +5,7 @@
 mod common;
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use stratus_tests::case::CaseExit;
 use stratus_tests::images;
@@ -29,6 +30,7 @@ fn outcome() -> Option<&'static Outcome> {
         let mut script = Script::new();
         script.case("disk_file", 30, &["stat", "-L", "-c", "%s", &files.kernel]);
         script.case("modules", 30, &["cat", "/proc/modules"]);
+        script.case("slow", 2, &["sleep", "60"]);
         script.case(
             "qemu_tiny",
             300,
@@ -63,6 +65,18 @@ fn data_disk_files_are_visible() {
         Some(expected.as_str()),
         "{}",
         case.describe()
+    );
+}
+
+#[test]
+fn a_hanging_command_is_killed_at_its_time_limit() {
+    let Some(outcome) = outcome() else { return };
+    let case = outcome.case("slow").expect("slow case missing");
+    assert_eq!(case.exit, Some(CaseExit::TimedOut), "{}", case.describe());
+    let wall = case.wall.expect("wall time");
+    assert!(
+        wall >= Duration::from_secs(2) && wall < Duration::from_secs(30),
+        "{wall:?}"
     );
 }
 

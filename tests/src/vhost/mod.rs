@@ -94,17 +94,19 @@ pub fn mode() -> Mode {
 /// missing and cannot be installed, outside CI. In CI (`CI` set) a missing
 /// QEMU is an error, so that a broken setup cannot pass by skipping.
 pub fn ensure_tools() -> Result<bool> {
-    match apt::ensure_installed(PACKAGES) {
+    let installed = apt::ensure_installed(PACKAGES);
+    let ci = std::env::var_os("CI").is_some();
+    decide_tools(installed, cmd::on_path("qemu-system-x86_64"), ci)
+}
+
+fn decide_tools(installed: Result<()>, qemu_present: bool, ci: bool) -> Result<bool> {
+    match installed {
         Ok(()) => Ok(true),
-        Err(err) if !cmd::on_path("qemu-system-x86_64") => {
-            if std::env::var_os("CI").is_some() {
-                Err(err)
-            } else {
-                crate::note(&format!(
-                    "SKIPPED: qemu-system-x86_64 is not available ({err})"
-                ));
-                Ok(false)
-            }
+        Err(err) if !qemu_present && !ci => {
+            crate::note(&format!(
+                "SKIPPED: qemu-system-x86_64 is not available ({err})"
+            ));
+            Ok(false)
         }
         Err(err) => Err(err),
     }
@@ -499,4 +501,25 @@ fn which(program: &str) -> Result<PathBuf> {
             program: program.to_owned(),
             source: std::io::ErrorKind::NotFound.into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing() -> Result<()> {
+        Err(Error::MissingPackages {
+            packages: vec!["qemu-system-x86".into()],
+            reason: "not root".into(),
+        })
+    }
+
+    #[test]
+    fn missing_qemu_skips_outside_ci_and_fails_in_ci() {
+        assert!(matches!(decide_tools(missing(), false, false), Ok(false)));
+        assert!(decide_tools(missing(), false, true).is_err());
+        assert!(matches!(decide_tools(Ok(()), true, true), Ok(true)));
+        // QEMU is there but another tool is missing: never a silent skip.
+        assert!(decide_tools(missing(), true, false).is_err());
+    }
 }
