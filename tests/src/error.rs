@@ -63,6 +63,14 @@ pub enum Error {
         /// Where the serial log was written.
         log: PathBuf,
     },
+    /// The virtual host did not come up (print its ready line) in time.
+    #[error("virtual host not ready after {seconds} s (log: {log})")]
+    NotReady {
+        /// The limit that was exceeded.
+        seconds: u64,
+        /// Where the serial log was written.
+        log: PathBuf,
+    },
     /// QEMU exited without the scenario reporting its exit status.
     #[error("virtual host ended without a scenario result ({status}); log: {log}")]
     NoScenarioResult {

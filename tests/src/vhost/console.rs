@@ -42,13 +42,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Time limits of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// For the whole run.
+    pub total: Duration,
+    /// A stdout line containing this text must appear within this time
+    /// ([`Error::NotReady`] otherwise), so that a machine that hangs while
+    /// booting is noticed long before `total`.
+    pub ready: Option<(&'a str, Duration)>,
+}
+
 /// Runs `cmd`, copying its stdout and stderr to `log` and (with `echo`) to
-/// our stderr, each line prefixed with `tag`. Fails with
-/// [`Error::Timeout`] if it runs longer than `timeout`.
+/// our stderr, each line prefixed with `tag`, within `limits`.
 pub fn run(
     mut cmd: Command,
     tag: &str,
-    timeout: Duration,
+    limits: Limits,
     log: &Path,
     echo: bool,
 ) -> Result<Transcript> {
@@ -66,10 +76,15 @@ pub fn run(
     let stdout = child.0.stdout.take().map(|s| pump(s, true, tx.clone()));
     let stderr = child.0.stderr.take().map(|s| pump(s, false, tx));
     let mut log_file = std::io::BufWriter::new(log_file);
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + limits.total;
+    let mut ready = limits
+        .ready
+        .map(|(marker, within)| (marker, start + within));
     let mut lines = Vec::new();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let next_limit = ready.map_or(deadline, |(_, by)| by.min(deadline));
+        let left = next_limit.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok((is_stdout, line)) => {
                 let marker = if is_stdout { "" } else { "(stderr) " };
@@ -78,6 +93,9 @@ pub fn run(
                     let _ = writeln!(std::io::stderr().lock(), "{tag}| {marker}{}", line.text);
                 }
                 if is_stdout {
+                    if ready.is_some_and(|(text, _)| line.text.contains(text)) {
+                        ready = None;
+                    }
                     lines.push(line);
                 }
             }
@@ -86,9 +104,16 @@ pub fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = log_file.flush();
                 drop(child);
-                return Err(Error::Timeout {
-                    seconds: timeout.as_secs(),
-                    log: log.to_path_buf(),
+                let log = log.to_path_buf();
+                return Err(match (ready, limits.ready) {
+                    (Some(_), Some((_, within))) if Instant::now() < deadline => Error::NotReady {
+                        seconds: within.as_secs(),
+                        log,
+                    },
+                    _ => Error::Timeout {
+                        seconds: limits.total.as_secs(),
+                        log,
+                    },
                 });
             }
         }
@@ -154,7 +179,11 @@ mod tests {
         let log = tmp.path().join("log");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo one; echo two >&2; printf 'three\\r\\n'; exit 4"]);
-        let t = run(cmd, "t", Duration::from_secs(20), &log, false).unwrap();
+        let limits = Limits {
+            total: Duration::from_secs(20),
+            ready: None,
+        };
+        let t = run(cmd, "t", limits, &log, false).unwrap();
         let texts: Vec<_> = t.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["one", "three"]);
         assert_eq!(t.status.code(), Some(4));
@@ -168,15 +197,46 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let start = Instant::now();
-        let err = run(
-            cmd,
-            "t",
-            Duration::from_millis(300),
-            &tmp.path().join("log"),
-            false,
-        )
-        .unwrap_err();
+        let limits = Limits {
+            total: Duration::from_millis(300),
+            ready: None,
+        };
+        let err = run(cmd, "t", limits, &tmp.path().join("log"), false).unwrap_err();
         assert!(matches!(err, Error::Timeout { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::*;
+    use crate::cache::TempDir;
+
+    #[test]
+    fn a_missing_ready_line_fails_early() {
+        let tmp = TempDir::new("stratus-console-test").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo booting; sleep 30"]);
+        let limits = Limits {
+            total: Duration::from_secs(60),
+            ready: Some(("READY", Duration::from_millis(500))),
+        };
+        let start = Instant::now();
+        let err = run(cmd, "t", limits, &tmp.path().join("log"), false).unwrap_err();
+        assert!(matches!(err, Error::NotReady { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_seen_ready_line_lifts_the_early_limit() {
+        let tmp = TempDir::new("stratus-console-test").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo READY now; sleep 1; echo done"]);
+        let limits = Limits {
+            total: Duration::from_secs(20),
+            ready: Some(("READY", Duration::from_millis(300))),
+        };
+        let t = run(cmd, "t", limits, &tmp.path().join("log"), false).unwrap();
+        assert_eq!(t.lines.last().map(|l| l.text.as_str()), Some("done"));
     }
 }

@@ -69,6 +69,12 @@ const NESTED_QEMU_DATA: &[&str] = &[
     "kvmvapic.bin",
 ];
 
+/// Boots of the virtual host before giving up, when it dies before its
+/// scenario starts.
+const HOST_BOOT_ATTEMPTS: u32 = 3;
+/// How long the virtual host may take to be ready (it takes 5–15 s).
+const HOST_READY_WITHIN: Duration = Duration::from_secs(180);
+
 /// Where a scenario runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -317,34 +323,37 @@ impl VirtualHost {
             build_start.elapsed().as_secs_f64()
         ));
 
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
-            .args([
-                "-smp",
-                &self.cpus.to_string(),
-                "-m",
-                &self.memory_mib.to_string(),
-            ])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-            ])
-            .args(["-serial", "stdio", "-no-reboot"])
-            .arg("-kernel")
-            .arg(kernel.vmlinuz())
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"]);
-        if !disk_files.is_empty() {
-            qemu.arg("-drive").arg(format!(
-                "file={},if=virtio,format=raw,readonly=on",
-                disk.display()
-            ));
-        }
+        let qemu = || {
+            let mut qemu = Command::new("qemu-system-x86_64");
+            qemu.args(["-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt"])
+                .args([
+                    "-smp",
+                    &self.cpus.to_string(),
+                    "-m",
+                    &self.memory_mib.to_string(),
+                ])
+                .args([
+                    "-nodefaults",
+                    "-no-user-config",
+                    "-display",
+                    "none",
+                    "-monitor",
+                    "none",
+                ])
+                .args(["-serial", "stdio", "-no-reboot"])
+                .arg("-kernel")
+                .arg(kernel.vmlinuz())
+                .arg("-initrd")
+                .arg(&initrd)
+                .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+            if !disk_files.is_empty() {
+                qemu.arg("-drive").arg(format!(
+                    "file={},if=virtio,format=raw,readonly=on",
+                    disk.display()
+                ));
+            }
+            qemu
+        };
         self.finish(Mode::Virtual, qemu, "vhost")
     }
 
@@ -431,18 +440,72 @@ impl VirtualHost {
         let wrapper = format!(
             "{modprobe}echo '{READY_MARKER} kvm=yes'; sh scenario.sh; echo \"{EXIT_MARKER}$?\""
         );
-        let mut sh = Command::new("sh");
-        sh.args(["-c", &wrapper])
-            .current_dir(root)
-            .env("STRATUS_ROOT", root)
-            .env("PATH", path);
+        let sh = || {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &wrapper])
+                .current_dir(root)
+                .env("STRATUS_ROOT", root)
+                .env("PATH", &path);
+            sh
+        };
         self.finish(Mode::Direct, sh, "direct")
     }
 
-    fn finish(&self, mode: Mode, command: Command, tag: &str) -> Result<Outcome> {
+    /// Runs the machine (`command` builds a fresh one per attempt) and
+    /// parses the outcome. A virtual host that crashes or hangs before it
+    /// is ready is booted again: the scenario has not started, so nothing
+    /// under test is retried. (Under multi-threaded TCG the host kernel
+    /// occasionally dies patching its own code while booting; seen as an
+    /// `int3` oops in `sched_clock_cpu`.)
+    fn finish(&self, mode: Mode, command: impl Fn() -> Command, tag: &str) -> Result<Outcome> {
         let log = self.log_path();
-        let start = Instant::now();
-        let transcript = console::run(command, tag, self.timeout, &log, self.echo)?;
+        let attempts = if mode == Mode::Virtual {
+            HOST_BOOT_ATTEMPTS
+        } else {
+            1
+        };
+        let limits = console::Limits {
+            total: self.timeout,
+            ready: Some((READY_MARKER, HOST_READY_WITHIN)),
+        };
+        for attempt in 1..=attempts {
+            let start = Instant::now();
+            let retry = match console::run(command(), tag, limits, &log, self.echo) {
+                Ok(transcript)
+                    if transcript
+                        .lines
+                        .iter()
+                        .any(|l| l.text.contains(READY_MARKER)) =>
+                {
+                    return self.outcome(mode, transcript, start, log);
+                }
+                Ok(transcript) => Error::NoScenarioResult {
+                    status: transcript.status.to_string(),
+                    log: log.clone(),
+                },
+                Err(err @ Error::NotReady { .. }) => err,
+                Err(err) => return Err(err),
+            };
+            if attempt == attempts {
+                return Err(retry);
+            }
+            let kept = log.with_extension(format!("failed-boot-{attempt}.log"));
+            let _ = fs::rename(&log, &kept);
+            crate::note(&format!(
+                "virtual host failed before the scenario started ({retry}); booting it again (log kept as {})",
+                kept.display()
+            ));
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn outcome(
+        &self,
+        mode: Mode,
+        transcript: console::Transcript,
+        start: Instant,
+        log: PathBuf,
+    ) -> Result<Outcome> {
         let elapsed = start.elapsed();
         let mut host_ready = None;
         let mut kvm = None;
@@ -479,9 +542,7 @@ impl VirtualHost {
     }
 }
 
-/// The `stratus-case` runner: `$STRATUS_CASE_BIN`, else next to the
-/// running executable (cargo puts a package's binaries one level above its
-/// test executables), else built with cargo.
+/// The `stratus-case` runner: `$STRATUS_CASE_BIN`, else built with cargo.
 pub fn case_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("STRATUS_CASE_BIN") {
         return Ok(PathBuf::from(path));
@@ -512,6 +573,50 @@ mod tests {
             packages: vec!["qemu-system-x86".into()],
             reason: "not root".into(),
         })
+    }
+
+    #[test]
+    fn a_host_that_dies_before_ready_is_booted_again() {
+        let attempts = std::cell::Cell::new(0);
+        let machine = || {
+            attempts.set(attempts.get() + 1);
+            let script = if attempts.get() == 1 {
+                "echo 'Kernel panic - not syncing'".to_owned()
+            } else {
+                format!("echo '{READY_MARKER} kvm=yes'; echo '{EXIT_MARKER}7'")
+            };
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &script]);
+            sh
+        };
+        let mut host = VirtualHost::new("unit-test-retry");
+        host.echo = false;
+        let outcome = host.finish(Mode::Virtual, machine, "t").unwrap();
+        assert_eq!(attempts.get(), 2);
+        assert_eq!(outcome.exit_code, 7);
+        assert_eq!(outcome.kvm, Some(true));
+        let _ = fs::remove_file(host.log_path());
+        let _ = fs::remove_file(host.log_path().with_extension("failed-boot-1.log"));
+    }
+
+    #[test]
+    fn a_scenario_that_ran_is_never_retried() {
+        let attempts = std::cell::Cell::new(0);
+        let machine = || {
+            attempts.set(attempts.get() + 1);
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("echo '{READY_MARKER} kvm=yes'; echo crashed"),
+            ]);
+            sh
+        };
+        let mut host = VirtualHost::new("unit-test-no-retry");
+        host.echo = false;
+        let err = host.finish(Mode::Virtual, machine, "t").unwrap_err();
+        assert!(matches!(err, Error::NoScenarioResult { .. }), "{err}");
+        assert_eq!(attempts.get(), 1);
+        let _ = fs::remove_file(host.log_path());
     }
 
     #[test]
