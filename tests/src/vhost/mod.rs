@@ -292,8 +292,6 @@ impl VirtualHost {
 
     /// Runs the scenario, in the virtual host or directly (see [`mode`]).
     pub fn run(&self) -> Result<Outcome> {
-        let logs = cache::root().join("logs");
-        fs::create_dir_all(&logs).map_err(Error::io("create", &logs))?;
         match mode() {
             Mode::Virtual => self.run_virtual(),
             Mode::Direct => self.run_direct(),
@@ -459,6 +457,9 @@ impl VirtualHost {
     /// `int3` oops in `sched_clock_cpu`.)
     fn finish(&self, mode: Mode, command: impl Fn() -> Command, tag: &str) -> Result<Outcome> {
         let log = self.log_path();
+        if let Some(logs) = log.parent() {
+            fs::create_dir_all(logs).map_err(Error::io("create", logs))?;
+        }
         let attempts = if mode == Mode::Virtual {
             HOST_BOOT_ATTEMPTS
         } else {
