@@ -11,11 +11,16 @@ use stratus_tests::{apt, cmd, vhost, workspace, Error};
 /// An xtask failure, printed once by `main`.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Tools the other crates' tests run: `qemu-img` (the devices crate's
+/// qcow2 tests), `sfdisk` and `mkfs.ext4` (the vmm's AMI test disks).
+const WORKSPACE_TEST_PACKAGES: &[&str] = &["qemu-utils", "fdisk", "e2fsprogs"];
+
 /// Every apt package the commands use: the image build and virtual-host
-/// tools.
+/// tools, and what the workspace's unit tests call.
 pub fn install_packages() -> Result<()> {
     let mut all: Vec<&str> = vhost::PACKAGES.to_vec();
     all.extend(images::BUILD_PACKAGES);
+    all.extend(WORKSPACE_TEST_PACKAGES);
     all.sort_unstable();
     all.dedup();
     apt::ensure_installed(&all)?;
