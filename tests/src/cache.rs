@@ -84,6 +84,44 @@ pub fn build_dir(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
     }
 }
 
+/// Removes the other builds of the same artifact — siblings of `current`
+/// named `<prefix><fingerprint hex>` — that have not been modified for `max_age`, so that
+/// the cache does not grow with every input change. Recent ones stay: a
+/// concurrent run (another worktree) may still be using them.
+pub fn prune_siblings(current: &Path, prefix: &str, max_age: std::time::Duration) {
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        let same_artifact = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if path != current && same_artifact && stale {
+            // Best effort: failing to prune must not fail a build.
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Marks `dir` as used now (its mtime), which is what pruning looks at.
+pub fn touch(dir: &Path) {
+    if let Ok(handle) = fs::File::open(dir) {
+        let _ = handle.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// A directory removed (with its contents) when dropped, also on panic.
 #[derive(Debug)]
 pub struct TempDir {
@@ -166,6 +204,31 @@ mod tests {
         .unwrap();
         build_dir(&target, |_| panic!("must not rebuild")).unwrap();
         assert_eq!(fs::read_to_string(target.join("f")).unwrap(), "1");
+    }
+
+    #[test]
+    fn pruning_keeps_the_current_and_recent_builds() {
+        let tmp = TempDir::new("stratus-prune-test").unwrap();
+        for name in [
+            "tiny-00000000000000aa",
+            "tiny-00000000000000bb",
+            "tiny-extra-00000000000000cc",
+        ] {
+            fs::create_dir(tmp.path().join(name)).unwrap();
+        }
+        let current = tmp.path().join("tiny-00000000000000aa");
+        prune_siblings(&current, "tiny-", std::time::Duration::from_secs(3600));
+        assert!(
+            tmp.path().join("tiny-bbb").exists(),
+            "recent sibling removed"
+        );
+        prune_siblings(&current, "tiny-", std::time::Duration::ZERO);
+        assert!(current.exists());
+        assert!(!sibling.exists());
+        assert!(
+            tmp.path().join("tiny-extra-00000000000000cc").exists(),
+            "another artifact removed"
+        );
     }
 
     #[test]

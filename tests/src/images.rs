@@ -19,6 +19,9 @@ const TINY_INIT: &str = include_str!("../../guest-images/tiny/init");
 /// Bumped when the Rust side of an image build changes its output.
 const BUILDER_VERSION: &str = "1";
 
+/// Older builds of an image are removed once unused for this long.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// Host tools image builds run.
 pub const BUILD_PACKAGES: &[&str] = &["busybox-static", "zstd", "xz-utils", "kmod"];
 
@@ -78,6 +81,7 @@ fn build(name: &'static str, kernel: &Kernel, kernel_file: &Path) -> Result<Gues
     let dir = cache::root()
         .join("images")
         .join(format!("{name}-{}", key.hex()));
+    cache::prune_siblings(&dir, &format!("{name}-"), STALE_AFTER);
     let dir = cache::build_dir(&dir, |scratch| {
         link_or_copy(kernel_file, &scratch.join("kernel"))?;
         busybox_initramfs(TINY_INIT)?.write_to(&scratch.join("initrd.cpio"))?;
@@ -87,6 +91,7 @@ fn build(name: &'static str, kernel: &Kernel, kernel_file: &Path) -> Result<Gues
         );
         fs::write(scratch.join("info"), info).map_err(Error::io("write", scratch))
     })?;
+    cache::touch(&dir);
     Ok(GuestImage {
         name,
         kernel: dir.join("kernel"),

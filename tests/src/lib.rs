@@ -17,6 +17,7 @@ pub mod cache;
 pub mod case;
 pub mod cmd;
 pub mod cpio;
+pub mod debian_ami;
 pub mod error;
 pub mod hostcaps;
 pub mod images;
