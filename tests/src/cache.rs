@@ -218,10 +218,8 @@ mod tests {
         }
         let current = tmp.path().join("tiny-00000000000000aa");
         prune_siblings(&current, "tiny-", std::time::Duration::from_secs(3600));
-        assert!(
-            tmp.path().join("tiny-bbb").exists(),
-            "recent sibling removed"
-        );
+        let sibling = tmp.path().join("tiny-00000000000000bb");
+        assert!(sibling.exists(), "recent sibling removed");
         prune_siblings(&current, "tiny-", std::time::Duration::ZERO);
         assert!(current.exists());
         assert!(!sibling.exists());
