@@ -350,4 +350,48 @@ mod tests {
         assert!(!succeeded(Contender::Stratus, &case(3, false)));
         assert!(succeeded(Contender::QemuMicrovm, &case(0, true)));
     }
+
+    #[test]
+    fn report_shows_medians_ranges_ratios_and_failures() {
+        let plan = Plan {
+            runs: 3,
+            stratus_vmm: PathBuf::from("stratus-vmm"),
+            firecracker: None,
+            image: GuestImage {
+                name: "tiny",
+                kernel: PathBuf::from("k"),
+                initrd: PathBuf::from("i"),
+                kernel_release: "6.12-test".into(),
+            },
+        };
+        let report = Report {
+            rows: vec![
+                Row {
+                    who: Contender::Stratus,
+                    attempted: 3,
+                    wall: vec![ms(1000), ms(3000), ms(2000)],
+                    boot_complete: vec![ms(900)],
+                    failures: vec![],
+                },
+                Row {
+                    who: Contender::QemuMicrovm,
+                    attempted: 3,
+                    wall: vec![ms(4000), ms(4000)],
+                    boot_complete: vec![],
+                    failures: vec!["case qemu-microvm-2: exit Some(Code(1))".into()],
+                },
+            ],
+            host_ready: Some(ms(9000)),
+        };
+        let text = report.render(&plan);
+        assert!(text.contains("2.000 s"), "{text}");
+        assert!(text.contains("1.000–3.000 s"), "{text}");
+        assert!(text.contains("3/3") && text.contains("2/3"), "{text}");
+        assert!(
+            text.contains("ratio of medians stratus-vmm/qemu-microvm = 0.50"),
+            "{text}"
+        );
+        assert!(text.contains("FAILED boot of qemu-microvm"), "{text}");
+        assert!(!report.all_succeeded());
+    }
 }
