@@ -47,6 +47,11 @@ struct Cli {
     /// Boot the kernel and initrd found in the first disk's root filesystem.
     #[arg(long)]
     boot_from_disk: bool,
+    /// Announce virtio-mmio devices on the kernel command line too
+    /// (`virtio_mmio.device=`); default true with --kernel, false with
+    /// --boot-from-disk.
+    #[arg(long, value_name = "BOOL")]
+    virtio_mmio_cmdline: Option<bool>,
     /// Read the whole VM configuration from a JSON file instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -64,6 +69,7 @@ impl Cli {
                 (self.serial.is_some(), "--serial"),
                 (!self.disks.is_empty(), "--disk"),
                 (self.boot_from_disk, "--boot-from-disk"),
+                (self.virtio_mmio_cmdline.is_some(), "--virtio-mmio-cmdline"),
             ]
             .into_iter()
             .find_map(|(given, name)| given.then_some(name));
@@ -86,6 +92,7 @@ impl Cli {
             kernel: self.kernel,
             disks,
             boot_from_disk: self.boot_from_disk,
+            virtio_mmio_cmdline: self.virtio_mmio_cmdline,
             initrd: self.initrd,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpuCount(vcpus))?,

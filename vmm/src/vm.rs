@@ -288,9 +288,11 @@ impl Vm {
             vcpus: config.vcpus,
             mmio_devices: virtio.acpi.clone(),
         };
-        for arg in &virtio.cmdline_args {
-            cmdline.push(' ');
-            cmdline.push_str(arg);
+        if config.wants_virtio_mmio_cmdline() {
+            for arg in &virtio.cmdline_args {
+                cmdline.push(' ');
+                cmdline.push_str(arg);
+            }
         }
         let rsdp = acpi::write_tables(&mem, &platform)?;
         let boot_info = boot::load(&mem, kernel, initrd, &cmdline, rsdp)?;

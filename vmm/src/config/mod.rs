@@ -119,6 +119,19 @@ pub struct VmConfig {
     /// instead of taking them from the host.
     #[serde(default)]
     pub boot_from_disk: bool,
+    /// Also announce virtio-mmio devices as `virtio_mmio.device=` kernel
+    /// arguments, for kernels built with `VIRTIO_MMIO_CMDLINE_DEVICES` and
+    /// no ACPI. Default: on for a host kernel, off when booting from disk
+    /// (distro kernels find the devices through the DSDT).
+    #[serde(default)]
+    pub virtio_mmio_cmdline: Option<bool>,
+}
+
+impl VmConfig {
+    /// Whether to add `virtio_mmio.device=` arguments.
+    pub fn wants_virtio_mmio_cmdline(&self) -> bool {
+        self.virtio_mmio_cmdline.unwrap_or(!self.boot_from_disk)
+    }
 }
 
 /// Why a configuration was rejected.
@@ -344,6 +357,7 @@ mod tests {
             kernel: Some(kernel.to_path_buf()),
             disks: Vec::new(),
             boot_from_disk: false,
+            virtio_mmio_cmdline: None,
             initrd: None,
             cmdline: DEFAULT_CMDLINE.into(),
             vcpus: 1,
