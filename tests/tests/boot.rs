@@ -61,6 +61,10 @@ fn outcome() -> Option<&'static Outcome> {
         );
         let reboot = Boot::new(&tiny, 1, 256, "stratus.exit=reboot");
         script.case("tiny_reboot", CASE_TIMEOUT_SECS, &reboot.stratus_vmm());
+        // A later `reboot=` wins: the guest resets by triple-faulting, which
+        // the VMM cannot tell from a crash and must report as one.
+        let triple = Boot::new(&tiny, 1, 256, "stratus.exit=reboot reboot=t");
+        script.case("triple_fault", CASE_TIMEOUT_SECS, &triple.stratus_vmm());
         script.case(
             "debian61",
             CASE_TIMEOUT_SECS,
@@ -95,7 +99,7 @@ fn outcome() -> Option<&'static Outcome> {
         );
         host.scenario(script.text());
         // Every case timing out, plus the host's own boot, fits in this.
-        host.timeout(Duration::from_secs(5 * CASE_TIMEOUT_SECS + 3 * 60 + 180));
+        host.timeout(Duration::from_secs(6 * CASE_TIMEOUT_SECS + 3 * 60 + 180));
         Ok(host)
     })
 }
@@ -194,6 +198,25 @@ fn reboot_exits_3() {
         case.describe()
     );
     assert_eq!(case.exit, Some(CaseExit::Code(3)), "{}", case.describe());
+}
+
+#[test]
+fn guest_triple_fault_exits_1_with_an_error() {
+    let Some(outcome) = outcome() else { return };
+    let case = case(outcome, "triple_fault");
+    assert!(
+        case.stdout_contains("STRATUS-TINY exit=reboot"),
+        "{}",
+        case.describe()
+    );
+    assert_eq!(case.exit, Some(CaseExit::Code(1)), "{}", case.describe());
+    assert!(
+        case.stderr
+            .iter()
+            .any(|l| l.to_lowercase().contains("triple fault")),
+        "no error naming the triple fault\n{}",
+        case.describe()
+    );
 }
 
 #[test]
