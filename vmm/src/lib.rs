@@ -7,6 +7,7 @@
 //! - [`layout`]: guest-physical memory layout and the e820 map.
 //! - [`arch`]: CPUID, MSRs, boot registers, ACPI tables (x86_64).
 //! - [`boot`]: kernel/initrd/command-line loading, PVH and zero page.
+//! - [`coalesced`]: the coalesced-I/O ring (console writes without exits).
 //! - [`vcpu`]: one vCPU and its `KVM_RUN` loop.
 //! - [`devices`]: placing virtio-mmio devices (windows, GSIs, irqfds, ioeventfds).
 //! - [`vm`]: building a VM and running it to its end.
@@ -15,6 +16,7 @@
 pub mod ami;
 pub mod arch;
 pub mod boot;
+pub mod coalesced;
 pub mod config;
 pub mod console;
 pub mod devices;

@@ -5,6 +5,7 @@
 //! the only lock on this path is the per-device one taken for slow-path
 //! register accesses (see `stratus_devices::bus`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::CpuId;
@@ -14,6 +15,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::regs::{self, EntryMode};
 use crate::arch::{cpuid, msr};
+use crate::coalesced::CoalescedRing;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,41 @@ impl std::fmt::Display for VcpuStop {
     }
 }
 
+/// Exit counters of one vCPU, shared with the main thread (which reports
+/// them when the VM ends). Relaxed atomics: only their totals matter.
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    /// Port reads that reached userspace.
+    pub pio_reads: AtomicU64,
+    /// Port writes that reached userspace.
+    pub pio_writes: AtomicU64,
+    /// MMIO reads that reached userspace.
+    pub mmio_reads: AtomicU64,
+    /// MMIO writes that reached userspace.
+    pub mmio_writes: AtomicU64,
+    /// Writes KVM queued instead of exiting, applied by this vCPU.
+    pub coalesced_writes: AtomicU64,
+}
+
+impl std::fmt::Display for VcpuStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "exits: {} port reads, {} port writes, {} MMIO reads, {} MMIO writes; {} coalesced writes",
+            get(&self.pio_reads),
+            get(&self.pio_writes),
+            get(&self.mmio_reads),
+            get(&self.mmio_writes),
+            get(&self.coalesced_writes)
+        )
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A vCPU and the buses its exits go to.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -89,6 +126,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    coalesced: Option<Arc<CoalescedRing>>,
+    stats: Arc<VcpuStats>,
 }
 
 impl Vcpu {
@@ -99,7 +138,20 @@ impl Vcpu {
             fd,
             pio,
             mmio,
+            coalesced: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// This vCPU's exit counters.
+    pub fn stats(&self) -> Arc<VcpuStats> {
+        self.stats.clone()
+    }
+
+    /// Applies the VM's queued (coalesced) writes before handling each exit,
+    /// so exits observe every earlier write.
+    pub fn set_coalesced_ring(&mut self, ring: Arc<CoalescedRing>) {
+        self.coalesced = Some(ring);
     }
 
     /// The underlying KVM vCPU, for state a caller sets up itself.
@@ -172,9 +224,19 @@ impl Vcpu {
 
     /// One `KVM_RUN`. Returns `Some` when the vCPU must stop.
     pub fn run_once(&mut self) -> Option<VcpuStop> {
-        match self.fd.run() {
+        let result = self.fd.run();
+        if let Some(ring) = &self.coalesced {
+            let applied = ring.drain();
+            if applied > 0 {
+                self.stats
+                    .coalesced_writes
+                    .fetch_add(applied, Ordering::Relaxed);
+            }
+        }
+        match result {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(port, data) => {
+                    bump(&self.stats.pio_reads);
                     if !self.pio.read(u64::from(port), data) {
                         // Nothing there: an ISA bus floats high.
                         data.fill(0xff);
@@ -182,16 +244,19 @@ impl Vcpu {
                     None
                 }
                 VcpuExit::IoOut(port, data) => {
+                    bump(&self.stats.pio_writes);
                     self.pio.write(u64::from(port), data);
                     None
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    bump(&self.stats.mmio_reads);
                     if !self.mmio.read(addr, data) {
                         data.fill(0xff);
                     }
                     None
                 }
                 VcpuExit::MmioWrite(addr, data) => {
+                    bump(&self.stats.mmio_writes);
                     self.mmio.write(addr, data);
                     None
                 }

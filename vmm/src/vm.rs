@@ -17,7 +17,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use stratus_devices::bus::Bus;
 use stratus_devices::disk::open_disk;
 use stratus_devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
@@ -31,10 +31,12 @@ use stratus_devices::virtio::block::Block;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::ami::{find_boot_files, DiskBoot, ReadAt};
 use crate::arch::acpi::{self, AcpiPlatform};
 use crate::boot;
+use crate::coalesced::CoalescedRing;
 use crate::config::{DiskConfig, SerialTarget, VmConfig};
 use crate::console::StdinToSerial;
 use crate::devices::VirtioDevices;
@@ -125,6 +127,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     serial: Arc<Mutex<SerialDevice>>,
     blocks: Vec<Arc<Mutex<Block>>>,
+    coalesced: Option<Arc<CoalescedRing>>,
     power: Arc<PowerSignal>,
     feed_stdin: bool,
 }
@@ -314,6 +317,7 @@ impl Vm {
             vcpu.configure(&supported_cpuid, config.vcpus, &mem, boot_info.entry)?;
             vcpus.push(vcpu);
         }
+        let coalesced = enable_coalesced_console(&kvm, &vm, &mut vcpus, &pio, &mmio);
 
         log::info!(
             "VM ready after {:.1} ms",
@@ -325,6 +329,7 @@ impl Vm {
             vcpus,
             serial,
             blocks: virtio.blocks,
+            coalesced,
             power,
             feed_stdin: config.serial == SerialTarget::Stdout,
         })
@@ -332,6 +337,7 @@ impl Vm {
 
     /// Runs the guest until it powers off, reboots or fails.
     pub fn run(self) -> Result<VmOutcome, VmError> {
+        let stats: Vec<_> = self.vcpus.iter().map(|v| (v.index(), v.stats())).collect();
         let (stop_tx, stop_rx) = mpsc::channel::<(u8, VcpuStop)>();
         let vcpu_stopped = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?);
         for mut vcpu in self.vcpus {
@@ -357,6 +363,14 @@ impl Vm {
             finished: finished.clone(),
         }));
         manager.add_subscriber(watcher);
+        if let Some(ring) = &self.coalesced {
+            match RingDrainer::new(ring.clone()) {
+                Ok(drainer) => {
+                    manager.add_subscriber(Arc::new(Mutex::new(drainer)));
+                }
+                Err(e) => log::warn!("no periodic drain of the coalesced ring: {e}"),
+            }
+        }
         for block in &self.blocks {
             manager.add_subscriber(block.clone());
         }
@@ -368,11 +382,18 @@ impl Vm {
         while !finished.load(Ordering::Acquire) {
             manager.run().map_err(VmError::EventLoop)?;
         }
+        // Console bytes still queued in the ring are output too.
+        if let Some(ring) = &self.coalesced {
+            ring.drain();
+        }
         self.serial
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .flush();
         let _ = std::io::stdout().flush();
+        for (index, stats) in &stats {
+            log::info!("vCPU {index} {stats}");
+        }
 
         // A vCPU failure is reported even if a power request raced with it:
         // the failure is what needs explaining.
@@ -383,6 +404,70 @@ impl Vm {
             Some(PowerRequest::PowerOff) => VmOutcome::PowerOff,
             Some(PowerRequest::Reset) | None => VmOutcome::Reboot,
         })
+    }
+}
+
+/// Queues COM1 THR writes in KVM's coalesced ring (see [`crate::coalesced`])
+/// when the host supports it; without support every write simply exits.
+fn enable_coalesced_console(
+    kvm: &Kvm,
+    vm: &VmFd,
+    vcpus: &mut [Vcpu],
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+) -> Option<Arc<CoalescedRing>> {
+    if !kvm.check_extension(Cap::CoalescedPio) {
+        log::info!("KVM lacks coalesced port I/O; every console write exits");
+        return None;
+    }
+    let first = vcpus.first()?;
+    let ring = match CoalescedRing::map(first.fd(), pio.clone(), mmio.clone()) {
+        Ok(ring) => Arc::new(ring),
+        Err(e) => {
+            log::warn!("coalesced I/O unavailable: {e}");
+            return None;
+        }
+    };
+    // Offset 0 of COM1 is THR (or the divisor latch): writes only, one byte.
+    if let Err(e) = vm.register_coalesced_mmio(IoEventAddress::Pio(COM1_PORT_BASE), 1) {
+        log::warn!("coalesced I/O unavailable: {e}");
+        return None;
+    }
+    for vcpu in vcpus.iter_mut() {
+        vcpu.set_coalesced_ring(ring.clone());
+    }
+    log::info!("COM1 transmit writes are coalesced");
+    Some(ring)
+}
+
+/// How long a queued console write may wait when the guest makes no exit.
+const RING_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Drains the coalesced ring periodically from the event loop, for guests
+/// halted while waiting for a transmit interrupt that a queued write raises.
+struct RingDrainer {
+    ring: Arc<CoalescedRing>,
+    timer: TimerFd,
+}
+
+impl RingDrainer {
+    fn new(ring: Arc<CoalescedRing>) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        timer.reset(RING_DRAIN_INTERVAL, Some(RING_DRAIN_INTERVAL))?;
+        Ok(Self { ring, timer })
+    }
+}
+
+impl MutEventSubscriber for RingDrainer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        self.ring.drain();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::warn!("cannot schedule coalesced-ring drains: {e}");
+        }
     }
 }
 

@@ -71,10 +71,11 @@ impl BusDevice for Probe {
 
 struct TinyVm {
     vcpu: Vcpu,
+    pio: Arc<Bus>,
     console: Console,
     probe: Arc<Mutex<Probe>>,
     // Keeps the VM and its memory alive while the vCPU runs.
-    _vm: kvm_ioctls::VmFd,
+    vm_fd: kvm_ioctls::VmFd,
     _mem: GuestMemoryMmap,
 }
 
@@ -119,11 +120,13 @@ fn tiny_vm(kvm: &Kvm, code: &[u8]) -> TinyVm {
         ..Default::default()
     };
     fd.set_regs(&regs).unwrap();
+    let pio = Arc::new(pio);
     TinyVm {
-        vcpu: Vcpu::new(0, fd, Arc::new(pio), Arc::new(mmio)),
+        vcpu: Vcpu::new(0, fd, pio.clone(), Arc::new(mmio)),
+        pio,
         console,
         probe,
-        _vm: vm,
+        vm_fd: vm,
         _mem: mem,
     }
 }
@@ -182,4 +185,44 @@ fn unclaimed_ports_read_as_open_bus() {
     let mut vm = tiny_vm(&kvm, &code);
     assert_eq!(vm.vcpu.run_until_stop(), VcpuStop::Halted);
     assert_eq!(vm.console.0.lock().unwrap().as_slice(), &[0xff]);
+}
+
+#[test]
+fn coalesced_console_writes_are_applied_in_order_at_the_next_exit() {
+    let Some(kvm) = kvm_or_skip("coalesced_console_writes") else {
+        return;
+    };
+    assert!(
+        kvm.check_extension(kvm_ioctls::Cap::CoalescedPio),
+        "this host's KVM lacks KVM_CAP_COALESCED_PIO; the VMM falls back to exits"
+    );
+    let code = [
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'O', // mov al, 'O'
+        0xee, // out dx, al      (queued, no exit)
+        0xb0, b'K', // mov al, 'K'
+        0xee, // out dx, al      (queued, no exit)
+        0xc6, 0x06, 0x00, 0x20, 0x01, // mov byte [0x2000], 1  (MMIO exit)
+        0xf4, // hlt
+    ];
+    let mut vm = tiny_vm(&kvm, &code);
+    vm.vm_fd
+        .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Pio(COM1_PORT_BASE), 1)
+        .unwrap();
+    let ring = stratus_vmm::coalesced::CoalescedRing::map(
+        vm.vcpu.fd(),
+        vm.pio.clone(),
+        Arc::new(Bus::new()),
+    )
+    .unwrap();
+    let ring = Arc::new(ring);
+    vm.vcpu.set_coalesced_ring(ring.clone());
+
+    // The first exit is the MMIO write: by the time it is handled, both
+    // queued characters must have reached the console.
+    assert_eq!(vm.vcpu.run_once(), None);
+    assert_eq!(vm.console.0.lock().unwrap().as_slice(), b"OK");
+    assert_eq!(vm.probe.lock().unwrap().writes.len(), 1);
+    assert!(!ring.has_pending());
+    assert_eq!(vm.vcpu.run_until_stop(), VcpuStop::Halted);
 }
