@@ -6,7 +6,8 @@
 //! cargo run -p stratus-tests --example debian_ami_boot [TEST [VCPUS]]
 //! ```
 //!
-//! TEST is a hook in `guest-images/debian/tests/` (default `info`). The
+//! TEST is a hook in `guest-images/debian/tests/` (default `info`), or
+//! several separated by commas, run in that order. The
 //! guest boots from a qcow2 overlay on tmpfs over the read-only image, so
 //! the cached image is never written. Prints the guest's console, the
 //! VMM's boot-complete time and the case's wall time.
@@ -91,7 +92,9 @@ fn run() -> stratus_tests::Result<bool> {
         outcome.log.display()
     );
     Ok(case.stdout_contains("STRATUS-AMI-BOOTED")
-        && case.stdout_contains(&format!("STRATUS-TEST-END {test} status=0")))
+        && test
+            .split(',')
+            .all(|t| case.stdout_contains(&format!("STRATUS-TEST-END {t} status=0"))))
 }
 
 fn which(program: &str) -> stratus_tests::Result<PathBuf> {

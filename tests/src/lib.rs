@@ -11,6 +11,7 @@
 //!
 //! The harness never reads anything outside the repository and the cache.
 
+pub mod ami_guest;
 pub mod apt;
 pub mod bench;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod case;
 pub mod cmd;
 pub mod cpio;
 pub mod debian_ami;
+pub mod disk_bench;
 pub mod error;
 pub mod hostcaps;
 pub mod images;

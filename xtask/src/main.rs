@@ -7,8 +7,11 @@
 //! - `images`: build the guest images into the cache.
 //! - `bench boot`: boot-time benchmark against QEMU microvm (and
 //!   Firecracker, given its binary).
+//! - `bench disk`: the Debian AMI under stratus-vmm vs QEMU microvm: boot
+//!   to `multi-user.target` and fio.
 
 mod bench;
+mod bench_disk;
 mod demo;
 mod steps;
 mod test;
@@ -62,6 +65,15 @@ enum BenchCommand {
         #[arg(long)]
         firecracker: Option<PathBuf>,
     },
+    /// Debian AMI boot time and fio under stratus-vmm vs QEMU microvm.
+    Disk {
+        /// Boots per VMM.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// fio's runtime per job, in seconds.
+        #[arg(long, default_value_t = 3)]
+        fio_runtime: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +85,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Boot { runs, firecracker },
         } => bench::boot(runs, firecracker),
+        Command::Bench {
+            what: BenchCommand::Disk { runs, fio_runtime },
+        } => bench_disk::disk(runs, fio_runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

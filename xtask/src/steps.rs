@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use stratus_tests::images::{self, GuestImage};
-use stratus_tests::{apt, cmd, vhost, workspace, Error};
+use stratus_tests::{apt, cmd, debian_ami, vhost, workspace, Error};
 
 /// An xtask failure, printed once by `main`.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -20,6 +20,7 @@ const WORKSPACE_TEST_PACKAGES: &[&str] = &["qemu-utils", "fdisk", "e2fsprogs"];
 pub fn install_packages() -> Result<()> {
     let mut all: Vec<&str> = vhost::PACKAGES.to_vec();
     all.extend(images::BUILD_PACKAGES);
+    all.extend(debian_ami::BUILD_PACKAGES);
     all.extend(WORKSPACE_TEST_PACKAGES);
     all.sort_unstable();
     all.dedup();
@@ -79,7 +80,8 @@ pub fn build_case_runner() -> Result<PathBuf> {
     Ok(workspace::target_dir().join("release").join("stratus-case"))
 }
 
-/// Builds (or finds in the cache) both guest images.
+/// Builds (or finds in the cache) both kernel+initramfs guest images and
+/// the Debian AMI; returns the former.
 pub fn images() -> Result<Vec<GuestImage>> {
     install_packages()?;
     let start = Instant::now();
@@ -93,6 +95,15 @@ pub fn images() -> Result<Vec<GuestImage>> {
             image.initrd.display()
         );
     }
+    // The Debian AMI too (the `ami` e2e test boots it): on a cold machine
+    // its debootstrap takes minutes, better spent here than inside a test.
+    let ami = debian_ami::debian_ami()?;
+    eprintln!(
+        "image debian-ami {} kernel {}\n                disk {}",
+        ami.ami_id,
+        ami.kernel_release,
+        ami.qcow2.display()
+    );
     eprintln!("images ready in {:.1} s", start.elapsed().as_secs_f64());
     Ok(built)
 }
