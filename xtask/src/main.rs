@@ -13,6 +13,7 @@
 mod bench;
 mod bench_disk;
 mod demo;
+mod fuzz;
 mod steps;
 mod test;
 

@@ -6,6 +6,9 @@ use stratus_tests::vhost;
 
 use crate::steps::{self, cargo, cargo_with_env, step, Result};
 
+/// How long each fuzz target runs in a full check.
+const FUZZ_SECONDS_PER_TARGET: u32 = 45;
+
 /// Runs every check in order and stops at the first failure.
 pub fn run(e2e: bool) -> Result<()> {
     let start = Instant::now();
@@ -38,6 +41,9 @@ pub fn run(e2e: bool) -> Result<()> {
     ])?;
     cargo(&["test", "-p", "stratus-tests", "--lib", "--bins"])?;
     cargo(&["test", "-p", "xtask"])?;
+
+    step("fuzzing (each target for a bounded time)");
+    crate::fuzz::run_all(FUZZ_SECONDS_PER_TARGET)?;
 
     if e2e {
         step("end-to-end tests: release build and guest images");
