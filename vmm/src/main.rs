@@ -52,6 +52,13 @@ struct Cli {
     /// --boot-from-disk.
     #[arg(long, value_name = "BOOL")]
     virtio_mmio_cmdline: Option<bool>,
+    /// Launch from an AMI manifest (with --instance-disk).
+    #[arg(long, value_name = "MANIFEST", requires = "instance_disk")]
+    ami: Option<PathBuf>,
+    /// The instance's root disk: a qcow2 overlay over the AMI's image,
+    /// created on first launch.
+    #[arg(long, value_name = "PATH", requires = "ami")]
+    instance_disk: Option<PathBuf>,
     /// Read the whole VM configuration from a JSON file instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -70,6 +77,7 @@ impl Cli {
                 (!self.disks.is_empty(), "--disk"),
                 (self.boot_from_disk, "--boot-from-disk"),
                 (self.virtio_mmio_cmdline.is_some(), "--virtio-mmio-cmdline"),
+                (self.ami.is_some(), "--ami"),
             ]
             .into_iter()
             .find_map(|(given, name)| given.then_some(name));
@@ -93,6 +101,13 @@ impl Cli {
             disks,
             boot_from_disk: self.boot_from_disk,
             virtio_mmio_cmdline: self.virtio_mmio_cmdline,
+            ami: self
+                .ami
+                .zip(self.instance_disk)
+                .map(|(manifest, instance_disk)| stratus_vmm::config::AmiLaunch {
+                    manifest,
+                    instance_disk,
+                }),
             initrd: self.initrd,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
             vcpus: u8::try_from(vcpus).map_err(|_| ConfigError::BadVcpuCount(vcpus))?,
@@ -122,7 +137,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let config = match cli.into_config().and_then(|c| c.validate().map(|()| c)) {
+    let config = match cli
+        .into_config()
+        .and_then(VmConfig::resolve_ami)
+        .and_then(|c| c.validate().map(|()| c))
+    {
         Ok(config) => config,
         Err(e) => {
             eprintln!("stratus-vmm: {e}");

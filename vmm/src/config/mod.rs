@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod ami;
 mod disk;
 
+pub use ami::AmiLaunch;
 pub use disk::{DiskConfig, DiskFormat, MAX_DISK_SERIAL_LEN};
 
 /// Smallest guest memory we accept: below this even a tiny kernel with an
@@ -125,6 +127,10 @@ pub struct VmConfig {
     /// (distro kernels find the devices through the DSDT).
     #[serde(default)]
     pub virtio_mmio_cmdline: Option<bool>,
+    /// Launch from an AMI manifest with a per-instance overlay; resolved
+    /// into `disks` + `boot_from_disk` by [`VmConfig::resolve_ami`].
+    #[serde(default)]
+    pub ami: Option<AmiLaunch>,
 }
 
 impl VmConfig {
@@ -175,6 +181,25 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: String,
     },
+    /// The AMI manifest is unreadable or invalid.
+    #[error("AMI manifest {path}: {source}")]
+    Ami {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: crate::ami::manifest::ManifestError,
+    },
+    /// The instance's overlay could not be created.
+    #[error("instance disk {path}: {why}")]
+    InstanceDisk {
+        /// The overlay.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// An AMI launch was combined with a kernel or boot-from-disk.
+    #[error("--ami cannot be combined with --kernel, --initrd or --boot-from-disk")]
+    AmiAndKernel,
     /// Too many disks.
     #[error("at most {MAX_DISKS} disks are supported, got {0}")]
     TooManyDisks(usize),
@@ -358,6 +383,7 @@ mod tests {
             disks: Vec::new(),
             boot_from_disk: false,
             virtio_mmio_cmdline: None,
+            ami: None,
             initrd: None,
             cmdline: DEFAULT_CMDLINE.into(),
             vcpus: 1,
