@@ -281,8 +281,12 @@ pub fn hold_kvm(script: &mut Script) {
          -nodefaults -no-user-config -display none </dev/null >/tmp/kvm-holder.log 2>&1 &",
     );
     script.line("kvm_holder=$!");
-    // Let it create its VM before the first case starts one.
+    // Let it create its VM before the first case starts one. Without it
+    // the scenario still works, only less robustly: say so on the console.
     script.line("sleep 2");
+    script.line(
+        "kill -0 \"$kvm_holder\" 2>/dev/null || { echo 'STRATUS-KVM-HOLDER failed:'; cat /tmp/kvm-holder.log; }",
+    );
 }
 
 /// Stops the holder of [`hold_kvm`] at the end of the scenario.
