@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use crate::case::CaseResult;
 use crate::error::{Error, Result};
-use crate::script::Script;
 
 /// Marker `stratus-boot-complete.service` prints once `multi-user.target`
 /// is reached (on any VMM; only Stratus also gets the boot-complete byte).
@@ -262,36 +261,6 @@ pub fn parse_fio(line: &str) -> Option<Fio> {
 /// Every fio result in `lines`, in order.
 pub fn fio_results<S: AsRef<str>>(lines: &[S]) -> Vec<Fio> {
     lines.iter().filter_map(|l| parse_fio(l.as_ref())).collect()
-}
-
-/// Keeps one KVM VM alive in the virtual host for the whole scenario: a
-/// QEMU microvm that never starts its vCPU (`-S`). Needs
-/// `VirtualHost::nested_qemu`.
-///
-/// Why: KVM flips a static key in the host kernel's scheduler
-/// (`preempt_notifier_inc`/`_dec`) when the first VM is created and the
-/// last destroyed, so every guest boot in a scenario live-patches
-/// `__schedule` twice. Under multi-threaded TCG that patching occasionally
-/// oopses the virtual host (`int3` in `__schedule`, seen in this test's
-/// first run), which loses the whole run. With a VM alive throughout, the
-/// key is flipped once, before the first case.
-pub fn hold_kvm(script: &mut Script) {
-    script.line(
-        "qemu-system-x86_64 -L /usr/share/qemu -M microvm -accel kvm -S -m 16 \
-         -nodefaults -no-user-config -display none </dev/null >/tmp/kvm-holder.log 2>&1 &",
-    );
-    script.line("kvm_holder=$!");
-    // Let it create its VM before the first case starts one. Without it
-    // the scenario still works, only less robustly: say so on the console.
-    script.line("sleep 2");
-    script.line(
-        "kill -0 \"$kvm_holder\" 2>/dev/null || { echo 'STRATUS-KVM-HOLDER failed:'; cat /tmp/kvm-holder.log; }",
-    );
-}
-
-/// Stops the holder of [`hold_kvm`] at the end of the scenario.
-pub fn release_kvm(script: &mut Script) {
-    script.line("kill \"$kvm_holder\" 2>/dev/null");
 }
 
 /// Finds `program` on this machine's `PATH` (to put it into the host).

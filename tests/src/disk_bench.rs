@@ -201,7 +201,6 @@ impl Plan {
         script.line("cat > /tmp/timed.sh <<'EOF'");
         script.line(TIMED_SCRIPT.trim_end());
         script.line("EOF");
-        ami_guest::hold_kvm(&mut script);
         script.case("copy_base", 300, &["cp", BASE_IN_HOST, BASE]);
         for run in 0..self.runs {
             // Alternate who goes first, so neither always follows the other.
@@ -220,7 +219,6 @@ impl Plan {
                 );
             }
         }
-        ami_guest::release_kvm(&mut script);
         host.scenario(script.text());
         let boots = u64::from(self.runs) * Contender::ALL.len() as u64;
         host.timeout(Duration::from_secs(600 + boots * RUN_TIMEOUT_SECS));

@@ -107,8 +107,6 @@ fn outcome() -> Option<&'static Outcome> {
         host.binary("stratus-vmm", &vmm)
             .binary("qemu-img", &ami_guest::which("qemu-img")?)
             .disk_file("images/debian-ami/disk.qcow2", &ami.qcow2)
-            // For ami_guest::hold_kvm only.
-            .nested_qemu()?
             // The base copy and two overlays live on the host's tmpfs.
             .memory_mib(3072);
 
@@ -116,7 +114,6 @@ fn outcome() -> Option<&'static Outcome> {
         script.line("cat > /tmp/crash.sh <<'EOF'");
         script.line(CRASH_SCRIPT.trim_end());
         script.line("EOF");
-        ami_guest::hold_kvm(&mut script);
         script.case(
             "copy_base",
             300,
@@ -171,7 +168,6 @@ fn outcome() -> Option<&'static Outcome> {
             script.case(name, 120, &["qemu-img", "check", overlay]);
         }
         script.case("base_sha256", 300, &["sha256sum", BASE]);
-        ami_guest::release_kvm(&mut script);
         host.scenario(script.text());
         host.timeout(Duration::from_secs(5 * BOOT_TIMEOUT_SECS + 1200));
         Ok(host)

@@ -7,6 +7,13 @@
 //! has no sub-second resolution, hence a binary for the measurement.
 //! Always exits 0 once the record is complete, so a scenario goes on to its
 //! next case; exits 2 on bad usage.
+//!
+//! `stratus-case --hold-kvm` instead creates one KVM VM and sleeps forever:
+//! the virtual host's `/init` starts it before the scenario so that the
+//! kernel code patching KVM does when its first VM appears (and undoes when
+//! its last one goes) happens once, at a point where a crash of the
+//! virtual host is retried. Multi-threaded TCG occasionally mishandles that
+//! patching (an `int3` oops in `__schedule`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -19,6 +26,9 @@ use stratus_tests::case::{self, CaseExit, Stream};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--hold-kvm") {
+        hold_kvm();
+    }
     let (name, timeout, command) = match args.as_slice() {
         [name, timeout, command @ ..] if !command.is_empty() => match timeout.parse::<u64>() {
             Ok(secs) => (name.clone(), Duration::from_secs(secs), command.to_vec()),
@@ -29,6 +39,20 @@ fn main() {
     println!("{}{name}", case::BEGIN);
     let (exit, wall) = run(&name, timeout, &command);
     println!("{}", case::end_line(&name, exit, wall));
+}
+
+fn hold_kvm() -> ! {
+    let vm = kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm());
+    match vm {
+        Ok(_vm) => loop {
+            // `_vm` stays open for as long as the process lives.
+            thread::sleep(Duration::from_secs(3600));
+        },
+        Err(err) => {
+            eprintln!("stratus-case: cannot hold a KVM VM: {err}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn usage() -> ! {

@@ -33,7 +33,15 @@ if [ -e /stratus/.has-disk ]; then
 fi
 
 kvm=no
-[ -c /dev/kvm ] && kvm=yes
+if [ -c /dev/kvm ]; then
+    kvm=yes
+    # One VM held for the whole run: KVM patches kernel code when its first
+    # VM appears, and multi-threaded TCG sometimes crashes on that patching.
+    # Doing it here, before the ready line, makes such a crash one the
+    # harness retries instead of a failed scenario.
+    stratus-case --hold-kvm &
+    sleep 1
+fi
 echo "STRATUS-VHOST ready kvm=$kvm uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 export STRATUS_ROOT=/stratus HOME=/tmp
