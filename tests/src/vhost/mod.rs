@@ -72,6 +72,10 @@ const NESTED_QEMU_DATA: &[&str] = &[
 /// Boots of the virtual host before giving up, when it dies before its
 /// scenario starts.
 const HOST_BOOT_ATTEMPTS: u32 = 3;
+/// How many times a scenario is run again because the virtual host's own
+/// kernel died while it ran (multi-threaded TCG flakiness, not the code
+/// under test).
+const MAX_HOST_DEATHS_MID_SCENARIO: u32 = 1;
 /// How long the virtual host may take to be ready (it takes 5–15 s).
 const HOST_READY_WITHIN: Duration = Duration::from_secs(180);
 
@@ -469,6 +473,7 @@ impl VirtualHost {
             total: self.timeout,
             ready: Some((READY_MARKER, HOST_READY_WITHIN)),
         };
+        let mut host_deaths_mid_scenario = 0;
         for attempt in 1..=attempts {
             let start = Instant::now();
             let retry = match console::run(command(), tag, limits, &log, self.echo) {
@@ -478,7 +483,28 @@ impl VirtualHost {
                         .iter()
                         .any(|l| l.text.contains(READY_MARKER)) =>
                 {
-                    return self.outcome(mode, transcript, start, log);
+                    let finished = transcript
+                        .lines
+                        .iter()
+                        .any(|l| l.text.contains(EXIT_MARKER));
+                    // The machine itself died while the scenario ran: no
+                    // exit line, yet QEMU ended on its own (not our time
+                    // limit). A VMM under test that crashes cannot do that
+                    // (its case records the crash and the scenario goes
+                    // on), so this is the virtual host's kernel dying under
+                    // TCG. Run the whole scenario once more, keeping the log.
+                    if finished
+                        || mode != Mode::Virtual
+                        || host_deaths_mid_scenario >= MAX_HOST_DEATHS_MID_SCENARIO
+                        || attempt == attempts
+                    {
+                        return self.outcome(mode, transcript, start, log);
+                    }
+                    host_deaths_mid_scenario += 1;
+                    Error::NoScenarioResult {
+                        status: transcript.status.to_string(),
+                        log: log.clone(),
+                    }
                 }
                 Ok(transcript) => Error::NoScenarioResult {
                     status: transcript.status.to_string(),
@@ -493,7 +519,7 @@ impl VirtualHost {
             let kept = log.with_extension(format!("failed-boot-{attempt}.log"));
             let _ = fs::rename(&log, &kept);
             crate::note(&format!(
-                "virtual host failed before the scenario started ({retry}); booting it again (log kept as {})",
+                "virtual host died ({retry}); booting it again (log kept as {})",
                 kept.display()
             ));
         }
@@ -601,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn a_scenario_that_ran_is_never_retried() {
+    fn a_host_that_dies_mid_scenario_is_run_again_only_once() {
         let attempts = std::cell::Cell::new(0);
         let machine = || {
             attempts.set(attempts.get() + 1);
@@ -616,6 +642,32 @@ mod tests {
         host.echo = false;
         let err = host.finish(Mode::Virtual, machine, "t").unwrap_err();
         assert!(matches!(err, Error::NoScenarioResult { .. }), "{err}");
+        assert_eq!(attempts.get(), 1 + MAX_HOST_DEATHS_MID_SCENARIO);
+        let _ = fs::remove_file(host.log_path());
+        for n in 1..=MAX_HOST_DEATHS_MID_SCENARIO {
+            let _ = fs::remove_file(
+                host.log_path()
+                    .with_extension(format!("failed-boot-{n}.log")),
+            );
+        }
+    }
+
+    #[test]
+    fn a_scenario_that_finished_is_never_retried() {
+        let attempts = std::cell::Cell::new(0);
+        let machine = || {
+            attempts.set(attempts.get() + 1);
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("echo '{READY_MARKER} kvm=yes'; echo '{EXIT_MARKER}1'"),
+            ]);
+            sh
+        };
+        let mut host = VirtualHost::new("unit-test-finished");
+        host.echo = false;
+        let outcome = host.finish(Mode::Virtual, machine, "t").unwrap();
+        assert_eq!(outcome.exit_code, 1);
         assert_eq!(attempts.get(), 1);
         let _ = fs::remove_file(host.log_path());
     }
