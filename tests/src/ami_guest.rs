@@ -4,10 +4,7 @@
 //! `STRATUS-TEST-BEGIN/END` sections, `INFO key=value` lines and fio's terse
 //! lines. Shared by the `ami` e2e test and the disk benchmark.
 
-use std::path::PathBuf;
-
 use crate::case::CaseResult;
-use crate::error::{Error, Result};
 
 /// Marker `stratus-boot-complete.service` prints once `multi-user.target`
 /// is reached (on any VMM; only Stratus also gets the boot-complete byte).
@@ -261,20 +258,6 @@ pub fn parse_fio(line: &str) -> Option<Fio> {
 /// Every fio result in `lines`, in order.
 pub fn fio_results<S: AsRef<str>>(lines: &[S]) -> Vec<Fio> {
     lines.iter().filter_map(|l| parse_fio(l.as_ref())).collect()
-}
-
-/// Finds `program` on this machine's `PATH` (to put it into the host).
-pub fn which(program: &str) -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| Error::Spawn {
-            program: program.to_owned(),
-            source: std::io::ErrorKind::NotFound.into(),
-        })
 }
 
 #[cfg(test)]

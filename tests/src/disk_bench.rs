@@ -190,7 +190,7 @@ impl Plan {
     pub fn host(&self) -> Result<VirtualHost> {
         let mut host = VirtualHost::new("bench-disk");
         host.binary("stratus-vmm", &self.stratus_vmm)
-            .binary("qemu-img", &ami_guest::which("qemu-img")?)
+            .binary("qemu-img", &crate::vhost::which("qemu-img")?)
             .disk_file(BASE_IN_HOST, &self.ami.qcow2)
             .disk_file(KERNEL_IN_HOST, &self.boot_files.kernel)
             .disk_file(INITRD_IN_HOST, &self.boot_files.initrd)

@@ -105,7 +105,7 @@ fn outcome() -> Option<&'static Outcome> {
         let vmm = workspace::stratus_vmm()?;
         let mut host = common::host("ami");
         host.binary("stratus-vmm", &vmm)
-            .binary("qemu-img", &ami_guest::which("qemu-img")?)
+            .binary("qemu-img", &stratus_tests::vhost::which("qemu-img")?)
             .disk_file("images/debian-ami/disk.qcow2", &ami.qcow2)
             // The base copy and two overlays live on the host's tmpfs.
             .memory_mib(3072);

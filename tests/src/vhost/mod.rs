@@ -577,8 +577,8 @@ pub fn case_binary() -> Result<PathBuf> {
     crate::workspace::workspace_binary("stratus-tests", "stratus-case", false)
 }
 
-/// Finds `program` on `PATH`.
-fn which(program: &str) -> Result<PathBuf> {
+/// Finds `program` on this machine's `PATH` (to put it into the host).
+pub fn which(program: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|paths| {
             std::env::split_paths(&paths)
