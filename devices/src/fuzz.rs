@@ -45,7 +45,7 @@ const FUZZ_DISK_LEN: usize = 64 * 1024;
 pub fn block_requests(data: &[u8]) {
     use crate::disk::RawDisk;
     use crate::virtio::block::{Block, BlockOptions};
-    use crate::virtio::{GuestMemoryMmap, IrqTrigger, VirtioDevice};
+    use crate::virtio::{GuestMemoryMmap, VirtioDevice};
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
 
@@ -80,10 +80,7 @@ pub fn block_requests(data: &[u8]) {
     queue.set_avail_ring_address(Some(0x1000), Some(0));
     queue.set_used_ring_address(Some(0x2000), Some(0));
     queue.set_ready(true);
-    let Ok(irq) = IrqTrigger::new() else {
-        return;
-    };
-    if block.activate(mem, vec![queue], irq).is_ok() {
+    if block.activate(mem, vec![queue]).is_ok() {
         // Twice: the second pass sees the used ring the first one wrote.
         block.process_queue();
         block.process_queue();

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod disk;
 pub mod fuzz;
+pub mod guest_log;
 pub mod legacy;
 pub mod power;
 pub mod virtio;

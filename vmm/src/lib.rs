@@ -9,19 +9,27 @@
 //! - [`boot`]: kernel/initrd/command-line loading, PVH and zero page.
 //! - [`coalesced`]: the coalesced-I/O ring (console writes without exits).
 //! - [`vcpu`]: one vCPU and its `KVM_RUN` loop.
-//! - [`devices`]: placing virtio-mmio devices (windows, GSIs, irqfds, ioeventfds).
-//! - [`vm`]: building a VM and running it to its end.
+//! - [`device_manager`]: placing virtio devices through one path (windows,
+//!   GSIs, irqfds, ioeventfds, DSDT entries).
+//! - [`device_thread`]: a thread of a device's own for its event handler.
+//! - [`console`]: the serial console's host side (sink, ring, stdin).
+//! - [`vm`]: building a VM, step by step.
+//! - [`runtime`]: the event loop that runs it, and its control.
+//! - [`api`]: the HTTP/JSON control API on a Unix socket.
 //! - [`outcome`]: how a VM ended and the matching exit codes.
 
 pub mod ami;
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod coalesced;
 pub mod config;
 pub mod console;
-pub mod devices;
+pub mod device_manager;
+pub mod device_thread;
 pub mod layout;
 pub mod logger;
 pub mod outcome;
+pub mod runtime;
 pub mod vcpu;
 pub mod vm;

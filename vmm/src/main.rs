@@ -3,6 +3,7 @@
 //! ```text
 //! stratus-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!             [--memory MIB] [--serial stdout|off|file:PATH]
+//!             [--disk SPEC]... [--id ID] [--api-sock PATH]
 //! stratus-vmm --config FILE.json
 //! ```
 //!
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use stratus_vmm::api;
 use stratus_vmm::config::{ConfigError, SerialTarget, VmConfig, DEFAULT_CMDLINE};
 use stratus_vmm::outcome::{EXIT_BAD_CONFIG, EXIT_ERROR};
 use stratus_vmm::vm::Vm;
@@ -59,6 +61,12 @@ struct Cli {
     /// created on first launch.
     #[arg(long, value_name = "PATH", requires = "ami")]
     instance_disk: Option<PathBuf>,
+    /// The instance's id, reported by the API's `GET /`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Serve the control API (HTTP/JSON) on this Unix socket.
+    #[arg(long = "api-sock", value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Read the whole VM configuration from a JSON file instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -78,6 +86,8 @@ impl Cli {
                 (self.boot_from_disk, "--boot-from-disk"),
                 (self.virtio_mmio_cmdline.is_some(), "--virtio-mmio-cmdline"),
                 (self.ami.is_some(), "--ami"),
+                (self.id.is_some(), "--id"),
+                (self.api_sock.is_some(), "--api-sock"),
             ]
             .into_iter()
             .find_map(|(given, name)| given.then_some(name));
@@ -97,6 +107,10 @@ impl Cli {
             None => SerialTarget::Stdout,
         };
         Ok(VmConfig {
+            id: self
+                .id
+                .unwrap_or_else(|| stratus_vmm::config::DEFAULT_INSTANCE_ID.to_string()),
+            api_socket: self.api_sock,
             kernel: self.kernel,
             disks,
             boot_from_disk: self.boot_from_disk,
@@ -149,6 +163,17 @@ fn main() -> ExitCode {
         }
     };
 
+    // The socket exists before the VM does, so a supervisor can connect as
+    // soon as the process is up; a path already in use is a configuration
+    // error (nothing was created).
+    let api = match config.api_socket.as_deref().map(start_api).transpose() {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("stratus-vmm: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+
     let vm = match Vm::new(&config, start) {
         Ok(vm) => vm,
         Err(e) => {
@@ -164,7 +189,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match vm.run() {
+    match vm.run(api) {
         Ok(outcome) => {
             eprintln!("stratus-vmm: {outcome}");
             ExitCode::from(outcome.exit_code())
@@ -174,4 +199,26 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Binds the API socket and starts the API thread.
+fn start_api(
+    path: &std::path::Path,
+) -> Result<(api::ApiServer, api::ApiInbox), api::ApiServerError> {
+    let listener = api::bind_api_socket(path)?;
+    let (client, inbox) = match api::api_channel() {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(api::ApiServerError::Start(e));
+        }
+    };
+    let server = match api::ApiServer::spawn(path.to_path_buf(), listener, client) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
+    Ok((server, inbox))
 }

@@ -1,19 +1,25 @@
-//! Building one VM from a [`VmConfig`] and running it to its end.
+//! Building one VM from a [`VmConfig`], in the order a reader can follow:
 //!
-//! Threads: the caller's thread becomes the event loop (console input, power
-//! requests, vCPU failures); each vCPU gets a thread of its own. Devices
-//! raise interrupts through irqfds, so no device path takes a lock shared
-//! with a vCPU except the per-device register lock on the bus.
+//! 1. [`BootSource::resolve`]: which kernel, initrd and command line
+//!    (from the host, or found inside the root disk);
+//! 2. [`create_kvm_vm`]: the KVM VM with its in-kernel IOAPIC, PIC, PIT;
+//! 3. [`create_memory`]: guest RAM, registered with KVM;
+//! 4. [`Platform::create`]: COM1, the i8042, the ACPI power registers, the
+//!    boot timer, and the buses they sit on;
+//! 5. [`DeviceManager::attach_disks`]: the virtio devices;
+//! 6. ACPI tables and the kernel, initrd and command line in guest memory;
+//! 7. [`create_vcpus`]: vCPUs with CPUID, MSRs, registers and LAPIC.
+//!
+//! [`Vm::run`] then starts the vCPU and device threads and hands everything
+//! to the event loop ([`crate::runtime::Vmm`]).
 
 use std::fs::OpenOptions;
-use std::io::{LineWriter, Write};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::LineWriter;
+use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -27,22 +33,21 @@ use stratus_devices::legacy::serial::{
     SerialDevice, SerialOutput, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
 };
 use stratus_devices::power::{PowerRequest, PowerSignal, PowerTrigger};
-use stratus_devices::virtio::block::Block;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::timerfd::TimerFd;
 
 use crate::ami::{find_boot_files, DiskBoot, ReadAt};
+use crate::api::{ApiInbox, ApiServer};
 use crate::arch::acpi::{self, AcpiPlatform};
 use crate::boot;
 use crate::coalesced::CoalescedRing;
 use crate::config::{DiskConfig, SerialTarget, VmConfig};
-use crate::console::StdinToSerial;
-use crate::devices::VirtioDevices;
+use crate::console::{ConsoleRing, TeeOutput, CONSOLE_RING_BYTES};
+use crate::device_manager::DeviceManager;
 use crate::layout::ram_regions;
 use crate::outcome::VmOutcome;
-use crate::vcpu::{Vcpu, VcpuError, VcpuStop};
+use crate::runtime::{RuntimeError, VmParts, Vmm};
+use crate::vcpu::{Vcpu, VcpuControlError, VcpuError, VcpuHandle, VcpuThreadConfig};
 
 /// Where KVM keeps the (Intel-only) TSS and identity map: three pages just
 /// below the BIOS ROM area, inside the MMIO hole and clear of the APICs.
@@ -92,9 +97,9 @@ pub enum VmError {
     /// A vCPU could not be set up.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// The event loop failed.
-    #[error("event loop: {0}")]
-    EventLoop(event_manager::Error),
+    /// A vCPU thread could not be started or driven.
+    #[error(transparent)]
+    VcpuControl(#[from] VcpuControlError),
     /// The configuration asks for something this build cannot do yet.
     #[error("not supported yet: {0}")]
     Unsupported(&'static str),
@@ -108,28 +113,14 @@ pub enum VmError {
     },
     /// A virtio device could not be set up.
     #[error(transparent)]
-    Device(#[from] crate::devices::DeviceError),
-    /// A vCPU thread could not be started.
-    #[error("cannot start a vCPU thread: {0}")]
-    Thread(std::io::Error),
+    Device(#[from] crate::device_manager::DeviceError),
+    /// The event loop failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
-}
-
-/// A VM ready to run.
-#[derive(Debug)]
-pub struct Vm {
-    // Kept open for the VM's lifetime; vCPU fds depend on it.
-    _vm_fd: VmFd,
-    _mem: GuestMemoryMmap,
-    vcpus: Vec<Vcpu>,
-    serial: Arc<Mutex<SerialDevice>>,
-    blocks: Vec<Arc<Mutex<Block>>>,
-    coalesced: Option<Arc<CoalescedRing>>,
-    power: Arc<PowerSignal>,
-    feed_stdin: bool,
 }
 
 /// Why the root disk could not be booted from.
@@ -143,6 +134,43 @@ pub enum DiskBootError {
     Find(#[from] crate::ami::AmiError),
 }
 
+/// Step 1: the kernel, initrd and command line to boot.
+#[derive(Debug)]
+pub struct BootSource {
+    kernel: PathBuf,
+    initrd: Option<PathBuf>,
+    cmdline: String,
+    /// Keeps files staged out of the root disk alive until loaded.
+    _disk_boot: Option<DiskBoot>,
+}
+
+impl BootSource {
+    /// Takes the host kernel, or finds one inside the root disk. Runs
+    /// before any KVM object exists: a disk we cannot boot from is a
+    /// configuration problem, not a VM failure.
+    pub fn resolve(config: &VmConfig) -> Result<Self, VmError> {
+        match (config.boot_from_disk, config.disks.first(), &config.kernel) {
+            (true, Some(root), _) => {
+                let found = find_disk_boot(root)?;
+                Ok(Self {
+                    kernel: found.kernel.clone(),
+                    initrd: found.initrd.clone(),
+                    cmdline: format!("{} {}", found.cmdline(), config.cmdline),
+                    _disk_boot: Some(found),
+                })
+            }
+            (true, None, _) => Err(VmError::Unsupported("--boot-from-disk without a disk")),
+            (false, _, Some(kernel)) => Ok(Self {
+                kernel: kernel.clone(),
+                initrd: config.initrd.clone(),
+                cmdline: config.cmdline.clone(),
+                _disk_boot: None,
+            }),
+            (false, _, None) => Err(VmError::Unsupported("a VM without a kernel")),
+        }
+    }
+}
+
 /// Opens the root disk read-only with the same backend the guest will use
 /// and finds the kernel and initrd in its root filesystem.
 fn find_disk_boot(root: &DiskConfig) -> Result<DiskBoot, VmError> {
@@ -151,33 +179,49 @@ fn find_disk_boot(root: &DiskConfig) -> Result<DiskBoot, VmError> {
         path: path.clone(),
         source,
     };
-    let backend = open_disk(&root.path, crate::devices::image_format(root.format), true)
-        .map_err(|e| wrap(e.into()))?;
+    let backend = open_disk(
+        &root.path,
+        crate::device_manager::image_format(root.format),
+        true,
+    )
+    .map_err(|e| wrap(e.into()))?;
     let reader: Arc<dyn ReadAt> = Arc::new(Mutex::new(backend));
     let found = find_boot_files(reader).map_err(|e| wrap(e.into()))?;
     log::info!("boot from disk: {found:?}");
     Ok(found)
 }
 
-fn serial_output(target: &SerialTarget) -> Result<SerialOutput, VmError> {
-    Ok(match target {
-        SerialTarget::Stdout => Box::new(LineWriter::new(std::io::stdout())),
-        SerialTarget::Off => Box::new(std::io::sink()),
-        SerialTarget::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| VmError::SerialFile {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            Box::new(LineWriter::new(file))
+/// Step 2: a KVM VM with the in-kernel interrupt controllers and PIT.
+pub fn create_kvm_vm() -> Result<(Kvm, VmFd), VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    for cap in [
+        Cap::Irqchip,
+        Cap::UserMemory,
+        Cap::Irqfd,
+        Cap::Ioeventfd,
+        Cap::Pit2,
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(cap));
         }
-    })
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok((kvm, vm))
 }
 
-fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
+/// Step 3: guest RAM around the MMIO hole, registered with KVM.
+pub fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> {
     let ranges: Vec<_> = ram_regions(mem_bytes)
         .into_iter()
         .map(|r| (r.start, usize::try_from(r.len).unwrap_or(usize::MAX)))
@@ -201,70 +245,62 @@ fn create_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, VmError> 
     Ok(mem)
 }
 
-impl Vm {
-    /// Creates the VM, its memory, devices and vCPUs, and loads the guest.
-    /// `start` is when the VMM process started, for the boot timer.
-    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
-        // Found before any KVM object exists: a disk we cannot boot from is
-        // a configuration problem, not a VM failure.
-        let disk_boot = match (config.boot_from_disk, config.disks.first()) {
-            (true, Some(root)) => Some(find_disk_boot(root)?),
-            (true, None) => return Err(VmError::Unsupported("--boot-from-disk without a disk")),
-            (false, _) => None,
-        };
-        let (kernel, initrd, mut cmdline) = match (&disk_boot, &config.kernel) {
-            (Some(found), _) => (
-                found.kernel.as_path(),
-                found.initrd.as_deref(),
-                format!("{} {}", found.cmdline(), config.cmdline),
-            ),
-            (None, Some(kernel)) => (
-                kernel.as_path(),
-                config.initrd.as_deref(),
-                config.cmdline.clone(),
-            ),
-            (None, None) => return Err(VmError::Unsupported("a VM without a kernel")),
-        };
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        for cap in [
-            Cap::Irqchip,
-            Cap::UserMemory,
-            Cap::Irqfd,
-            Cap::Ioeventfd,
-            Cap::Pit2,
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCapability(cap));
-            }
+fn serial_sink(target: &SerialTarget) -> Result<SerialOutput, VmError> {
+    Ok(match target {
+        SerialTarget::Stdout => Box::new(LineWriter::new(std::io::stdout())),
+        SerialTarget::Off => Box::new(std::io::sink()),
+        SerialTarget::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmError::SerialFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Box::new(LineWriter::new(file))
         }
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDR)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    })
+}
 
-        let mem = create_memory(&vm, config.memory_mib << 20)?;
+/// Step 4: the legacy platform devices and the buses vCPUs dispatch to.
+#[derive(Debug)]
+pub struct Platform {
+    /// Port-I/O bus.
+    pub pio: Bus,
+    /// MMIO bus (virtio windows are added in step 5).
+    pub mmio: Bus,
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The last console bytes.
+    pub console: Arc<Mutex<ConsoleRing>>,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Guest power requests.
+    pub power: Arc<PowerSignal>,
+    /// Set when the guest signals boot-complete.
+    pub boot_time: Arc<OnceLock<Duration>>,
+}
 
+impl Platform {
+    /// COM1 (irqfd on its ISA line), the i8042 and ACPI power registers on
+    /// the port bus, the boot timer on the MMIO bus.
+    pub fn create(vm: &VmFd, config: &VmConfig, start: Instant) -> Result<Self, VmError> {
         let power = PowerSignal::new().map_err(VmError::EventFd)?;
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            serial_output(&config.serial)?,
-        )));
+        let console = Arc::new(Mutex::new(ConsoleRing::new(CONSOLE_RING_BYTES)));
+        let output = TeeOutput::new(serial_sink(&config.serial)?, console.clone());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, Box::new(output))));
 
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN)?;
-        let i8042 = I8042::new(PowerTrigger::new(power.clone(), PowerRequest::Reset));
-        pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT_BASE, I8042_PORT_LEN)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(PowerTrigger::new(
+            power.clone(),
+            PowerRequest::Reset,
+        ))));
+        pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
         let pm = AcpiPowerManagement::new(power.clone());
         pio.insert(
             Arc::new(Mutex::new(pm)),
@@ -273,9 +309,12 @@ impl Vm {
         )?;
 
         let mut mmio = Bus::new();
+        let boot_time = Arc::new(OnceLock::new());
+        let recorded = boot_time.clone();
         let timer = BootTimer::new(
             start,
-            Box::new(|elapsed| {
+            Box::new(move |elapsed: Duration| {
+                let _ = recorded.set(elapsed);
                 eprintln!(
                     "stratus-vmm: boot complete in {:.3} ms",
                     elapsed.as_secs_f64() * 1000.0
@@ -283,127 +322,170 @@ impl Vm {
             }),
         );
         mmio.insert(Arc::new(Mutex::new(timer)), BOOT_TIMER_ADDR, BOOT_TIMER_LEN)?;
+        Ok(Self {
+            pio,
+            mmio,
+            serial,
+            console,
+            i8042,
+            power,
+            boot_time,
+        })
+    }
+}
 
-        let mut virtio = VirtioDevices::default();
-        virtio.attach_disks(&vm, &mem, &mut mmio, &config.disks)?;
+/// Step 7: one configured vCPU per index.
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    count: u8,
+    entry: crate::arch::regs::EntryMode,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+) -> Result<Vec<Vcpu>, VmError> {
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let vcpu = Vcpu::new(index, fd, pio.clone(), mmio.clone());
+        vcpu.configure(&supported_cpuid, count, mem, entry)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
 
-        let platform = AcpiPlatform {
+/// A VM ready to run.
+#[derive(Debug)]
+pub struct Vm {
+    vm_fd: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    platform: Platform,
+    devices: DeviceManager,
+    coalesced: Option<Arc<CoalescedRing>>,
+    config: VmConfig,
+    start: Instant,
+}
+
+impl Vm {
+    /// Creates the VM, its memory, devices and vCPUs, and loads the guest.
+    /// `start` is when the VMM process started, for the boot timer.
+    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
+        let source = BootSource::resolve(config)?;
+        let (kvm, vm) = create_kvm_vm()?;
+        let mem = create_memory(&vm, config.memory_mib << 20)?;
+        let mut platform = Platform::create(&vm, config, start)?;
+        let mut devices = DeviceManager::default();
+        devices.attach_disks(&vm, &mem, &mut platform.mmio, &config.disks)?;
+
+        let acpi_platform = AcpiPlatform {
             vcpus: config.vcpus,
-            mmio_devices: virtio.acpi.clone(),
+            mmio_devices: devices.acpi_devices(),
         };
+        let mut cmdline = source.cmdline.clone();
         if config.wants_virtio_mmio_cmdline() {
-            for arg in &virtio.cmdline_args {
+            for arg in devices.cmdline_args() {
                 cmdline.push(' ');
-                cmdline.push_str(arg);
+                cmdline.push_str(&arg);
             }
         }
-        let rsdp = acpi::write_tables(&mem, &platform)?;
-        let boot_info = boot::load(&mem, kernel, initrd, &cmdline, rsdp)?;
+        let rsdp = acpi::write_tables(&mem, &acpi_platform)?;
+        let boot_info = boot::load(
+            &mem,
+            &source.kernel,
+            source.initrd.as_deref(),
+            &cmdline,
+            rsdp,
+        )?;
         log::info!(
             "guest loaded after {:.1} ms: {boot_info:?}",
             start.elapsed().as_secs_f64() * 1000.0
         );
 
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-        for index in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let vcpu = Vcpu::new(index, fd, pio.clone(), mmio.clone());
-            vcpu.configure(&supported_cpuid, config.vcpus, &mem, boot_info.entry)?;
-            vcpus.push(vcpu);
-        }
+        // The buses are complete: from here on they are shared read-only.
+        let pio = Arc::new(std::mem::take(&mut platform.pio));
+        let mmio = Arc::new(std::mem::take(&mut platform.mmio));
+        let mut vcpus = create_vcpus(
+            &kvm,
+            &vm,
+            &mem,
+            config.vcpus,
+            boot_info.entry,
+            &pio,
+            &mmio,
+        )?;
         let coalesced = enable_coalesced_console(&kvm, &vm, &mut vcpus, &pio, &mmio);
-
         log::info!(
             "VM ready after {:.1} ms",
             start.elapsed().as_secs_f64() * 1000.0
         );
         Ok(Self {
-            _vm_fd: vm,
-            _mem: mem,
+            vm_fd: vm,
+            mem,
             vcpus,
-            serial,
-            blocks: virtio.blocks,
+            platform,
+            devices,
             coalesced,
-            power,
-            feed_stdin: config.serial == SerialTarget::Stdout,
+            config: config.clone(),
+            start,
         })
     }
 
-    /// Runs the guest until it powers off, reboots or fails.
-    pub fn run(self) -> Result<VmOutcome, VmError> {
-        let stats: Vec<_> = self.vcpus.iter().map(|v| (v.index(), v.stats())).collect();
-        let (stop_tx, stop_rx) = mpsc::channel::<(u8, VcpuStop)>();
+    /// Starts the device and vCPU threads and runs the event loop until the
+    /// guest powers off, reboots or fails, or the API ends it. Every thread
+    /// is joined before this returns.
+    pub fn run(self, api: Option<(ApiServer, ApiInbox)>) -> Result<VmOutcome, VmError> {
+        let (api_server, api_inbox) = match api {
+            Some((server, inbox)) => (Some(server), Some(inbox)),
+            None => (None, None),
+        };
+        let device_threads = self.devices.start_threads()?;
+        VcpuHandle::install_kick_handler()?;
+        let (stop_tx, vcpu_stops) = mpsc::channel();
         let vcpu_stopped = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?);
-        for mut vcpu in self.vcpus {
-            let index = vcpu.index();
-            let tx = stop_tx.clone();
-            let wake = vcpu_stopped.clone();
-            std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || {
-                    let stop = vcpu.run_until_stop();
-                    let _ = tx.send((index, stop));
-                    let _ = wake.write(1);
-                })
-                .map_err(VmError::Thread)?;
-        }
-
-        let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-            EventManager::new().map_err(VmError::EventLoop)?;
-        let finished = Arc::new(AtomicBool::new(false));
-        let watcher = Arc::new(Mutex::new(StopWatcher {
-            power: self.power.clone(),
-            vcpu_stopped: vcpu_stopped.clone(),
-            finished: finished.clone(),
-        }));
-        manager.add_subscriber(watcher);
-        if let Some(ring) = &self.coalesced {
-            match RingDrainer::new(ring.clone()) {
-                Ok(drainer) => {
-                    manager.add_subscriber(Arc::new(Mutex::new(drainer)));
+        let thread_config = VcpuThreadConfig {
+            stopped: stop_tx,
+            wake: vcpu_stopped.clone(),
+        };
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus {
+            match VcpuHandle::spawn(vcpu, thread_config.clone()) {
+                Ok(handle) => vcpus.push(handle),
+                Err(e) => {
+                    for handle in vcpus {
+                        handle.exit_and_join();
+                    }
+                    for thread in device_threads {
+                        thread.stop_and_join();
+                    }
+                    return Err(e.into());
                 }
-                Err(e) => log::warn!("no periodic drain of the coalesced ring: {e}"),
             }
         }
-        for block in &self.blocks {
-            manager.add_subscriber(block.clone());
-        }
-        if self.feed_stdin {
-            manager.add_subscriber(Arc::new(Mutex::new(StdinToSerial::new(
-                self.serial.clone(),
-            ))));
-        }
-        while !finished.load(Ordering::Acquire) {
-            manager.run().map_err(VmError::EventLoop)?;
-        }
-        // Console bytes still queued in the ring are output too.
-        if let Some(ring) = &self.coalesced {
-            ring.drain();
-        }
-        self.serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flush();
-        let _ = std::io::stdout().flush();
-        for (index, stats) in &stats {
-            log::info!("vCPU {index} {stats}");
-        }
-
-        // A vCPU failure is reported even if a power request raced with it:
-        // the failure is what needs explaining.
-        if let Ok((index, stop)) = stop_rx.try_recv() {
-            return Ok(VmOutcome::VcpuFailed { index, stop });
-        }
-        Ok(match self.power.pending() {
-            Some(PowerRequest::PowerOff) => VmOutcome::PowerOff,
-            Some(PowerRequest::Reset) | None => VmOutcome::Reboot,
-        })
+        let parts = VmParts {
+            vm_fd: self.vm_fd,
+            mem: self.mem,
+            vcpus,
+            vcpu_stops,
+            vcpu_stopped,
+            devices: self.devices,
+            device_threads,
+            serial: self.platform.serial,
+            console: self.platform.console,
+            feed_stdin: self.config.serial == SerialTarget::Stdout,
+            coalesced: self.coalesced,
+            power: self.platform.power,
+            i8042: self.platform.i8042,
+            config: self.config,
+            start: self.start,
+            boot_time: self.platform.boot_time,
+        };
+        Ok(Vmm::new(parts, api_inbox).run(api_server)?)
     }
 }
 
@@ -438,63 +520,4 @@ fn enable_coalesced_console(
     }
     log::info!("COM1 transmit writes are coalesced");
     Some(ring)
-}
-
-/// How long a queued console write may wait when the guest makes no exit.
-const RING_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Drains the coalesced ring periodically from the event loop, for guests
-/// halted while waiting for a transmit interrupt that a queued write raises.
-struct RingDrainer {
-    ring: Arc<CoalescedRing>,
-    timer: TimerFd,
-}
-
-impl RingDrainer {
-    fn new(ring: Arc<CoalescedRing>) -> std::io::Result<Self> {
-        let mut timer = TimerFd::new()?;
-        timer.reset(RING_DRAIN_INTERVAL, Some(RING_DRAIN_INTERVAL))?;
-        Ok(Self { ring, timer })
-    }
-}
-
-impl MutEventSubscriber for RingDrainer {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.timer.wait();
-        self.ring.drain();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
-            log::warn!("cannot schedule coalesced-ring drains: {e}");
-        }
-    }
-}
-
-/// Ends the event loop on a power request or a vCPU stop.
-struct StopWatcher {
-    power: Arc<PowerSignal>,
-    vcpu_stopped: Arc<EventFd>,
-    finished: Arc<AtomicBool>,
-}
-
-impl MutEventSubscriber for StopWatcher {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.event_set().contains(EventSet::IN) {
-            self.finished.store(true, Ordering::Release);
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        for fd in [
-            self.power.event().as_raw_fd(),
-            self.vcpu_stopped.as_raw_fd(),
-        ] {
-            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                // Without these the VMM could never stop: fail loudly.
-                log::error!("cannot watch for VM stop events: {e}");
-                self.finished.store(true, Ordering::Release);
-            }
-        }
-    }
 }

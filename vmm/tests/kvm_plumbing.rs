@@ -16,7 +16,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
 use stratus_devices::bus::{Bus, BusDevice};
 use stratus_devices::legacy::serial::{SerialDevice, COM1_PORT_BASE, COM1_PORT_LEN};
-use stratus_vmm::vcpu::{Vcpu, VcpuStop};
+use stratus_vmm::vcpu::{Vcpu, VcpuHandle, VcpuRun, VcpuStop, VcpuThreadConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -220,9 +220,61 @@ fn coalesced_console_writes_are_applied_in_order_at_the_next_exit() {
 
     // The first exit is the MMIO write: by the time it is handled, both
     // queued characters must have reached the console.
-    assert_eq!(vm.vcpu.run_once(), None);
+    assert_eq!(vm.vcpu.run_once(), VcpuRun::Continue);
     assert_eq!(vm.console.0.lock().unwrap().as_slice(), b"OK");
     assert_eq!(vm.probe.lock().unwrap().writes.len(), 1);
     assert!(!ring.has_pending());
     assert_eq!(vm.vcpu.run_until_stop(), VcpuStop::Halted);
+}
+
+#[test]
+fn a_spinning_vcpu_is_kicked_paused_resumed_and_joined() {
+    let Some(kvm) = kvm_or_skip("a_spinning_vcpu_is_kicked_paused_resumed_and_joined") else {
+        return;
+    };
+    const COUNTER: u64 = 0x1800;
+    let code = [
+        0xff, 0x06, 0x00, 0x18, // inc word [0x1800]
+        0xeb, 0xfa, // jmp back to the inc: never exits on its own
+    ];
+    let vm = tiny_vm(&kvm, &code);
+    let mem = vm._mem.clone();
+    let counter = || mem.read_obj::<u16>(GuestAddress(COUNTER)).unwrap();
+    let (stopped, stops) = std::sync::mpsc::channel();
+    let config = VcpuThreadConfig {
+        stopped,
+        wake: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+    };
+    VcpuHandle::install_kick_handler().unwrap();
+    let handle = VcpuHandle::spawn(vm.vcpu, config).unwrap();
+    let wait_for_progress = |from: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while counter() == from {
+            assert!(std::time::Instant::now() < deadline, "the guest made no progress");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    wait_for_progress(0);
+
+    handle.request_pause().unwrap();
+    handle.wait_paused().unwrap();
+    let frozen = counter();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(counter(), frozen, "a paused vCPU must not run the guest");
+    assert!(
+        handle
+            .stats()
+            .interrupted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    handle.request_resume().unwrap();
+    handle.wait_resumed().unwrap();
+    wait_for_progress(frozen);
+
+    // Exit reaches a vCPU that never leaves the guest by itself.
+    handle.exit_and_join();
+    assert!(stops.try_recv().is_err(), "the vCPU did not stop on its own");
+    drop(vm.vm_fd);
 }

@@ -13,7 +13,8 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
 
 /// Shared by the transport (vCPU threads read and acknowledge the status)
-/// and the device (the event-loop thread raises it); cloning is cheap.
+/// and the device (its event-handling thread raises it); cloning is cheap.
+/// Everything is atomic, so the transport reads it without the device lock.
 #[derive(Debug, Clone)]
 pub struct IrqTrigger {
     inner: Arc<Inner>,
@@ -26,6 +27,9 @@ struct Inner {
     /// Set by a device that hit an error only a reset can clear; the
     /// transport shows it as DEVICE_NEEDS_RESET in the Status register.
     needs_reset: AtomicBool,
+    /// ConfigGeneration: bumped on every device config change, so a driver
+    /// reading a multi-word config field can tell it read a torn value.
+    config_generation: AtomicU32,
 }
 
 impl IrqTrigger {
@@ -36,6 +40,7 @@ impl IrqTrigger {
                 status: AtomicU32::new(0),
                 evt: EventFd::new(EFD_NONBLOCK)?,
                 needs_reset: AtomicBool::new(false),
+                config_generation: AtomicU32::new(0),
             }),
         })
     }
@@ -74,6 +79,21 @@ impl IrqTrigger {
         self.inner.needs_reset.load(Ordering::SeqCst)
     }
 
+    /// The ConfigGeneration register value.
+    pub fn config_generation(&self) -> u32 {
+        self.inner.config_generation.load(Ordering::SeqCst)
+    }
+
+    /// The device's config space changed (link status, capacity): bumps
+    /// ConfigGeneration and, if the driver is running the device, raises
+    /// a configuration-change interrupt. Callable from any thread.
+    pub fn notify_config_change(&self, driver_running: bool) {
+        self.inner.config_generation.fetch_add(1, Ordering::SeqCst);
+        if driver_running {
+            self.trigger(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
     /// Sets `bits` in InterruptStatus and signals the irqfd.
     pub fn trigger(&self, bits: u32) {
         // The status must be visible before the guest takes the interrupt.
@@ -108,5 +128,16 @@ mod tests {
         assert_eq!(irq.irq_evt().read().unwrap(), 1);
         irq.clear();
         assert!(!irq.needs_reset());
+    }
+
+    #[test]
+    fn config_change_bumps_generation_and_interrupts_only_a_running_driver() {
+        let irq = IrqTrigger::new().unwrap();
+        irq.notify_config_change(false);
+        assert_eq!(irq.config_generation(), 1);
+        assert_eq!(irq.status(), 0);
+        irq.notify_config_change(true);
+        assert_eq!(irq.config_generation(), 2);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
     }
 }

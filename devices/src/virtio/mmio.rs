@@ -5,7 +5,16 @@
 //! device its queues when the driver sets DRIVER_OK. Guest writes are
 //! validated here: values the transport cannot accept are ignored or make
 //! activation fail with DEVICE_NEEDS_RESET; nothing a guest writes panics.
+//! Each refusal is counted in [`TransportMetrics`] and logged rate-limited.
+//!
+//! Locking: the transport itself is reached only from vCPU threads (behind
+//! the bus's per-device lock). It copies what never changes (device type,
+//! offered features, queue sizes, eventfds, interrupt) when it is built, so
+//! ordinary register reads and QueueNotify never take the *device* lock,
+//! which the device's own thread may hold while it works. The device lock
+//! is taken only for config space, FEATURES_OK, activation and reset.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
@@ -16,6 +25,7 @@ use super::features::VIRTIO_F_VERSION_1;
 use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{GuestMemoryMmap, IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_CONFIG};
 use crate::bus::BusDevice;
+use crate::guest_warn;
 
 /// Size of the MMIO window one transport occupies (registers + config).
 pub const MMIO_REGION_SIZE: u64 = 0x1000;
@@ -64,6 +74,17 @@ pub enum MmioError {
     /// The interrupt `EventFd` could not be created.
     #[error("cannot create the interrupt eventfd: {0}")]
     Interrupt(std::io::Error),
+    /// The device has a different number of queue eventfds than queues.
+    #[error("device has {queues} queues but {events} queue eventfds")]
+    QueueEventCount {
+        /// Queues.
+        queues: usize,
+        /// Eventfds.
+        events: usize,
+    },
+    /// An eventfd could not be duplicated.
+    #[error("cannot duplicate a device eventfd: {0}")]
+    CloneEventFd(std::io::Error),
     /// The device reported a queue maximum that is zero, above 32768 or not
     /// a power of two.
     #[error("device queue {index} has an invalid maximum size {max}")]
@@ -75,26 +96,74 @@ pub enum MmioError {
     },
 }
 
+/// What the driver did that the transport refused, and lifecycle events;
+/// shared with the VMM's metrics (atomics: read without the bus lock).
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// Register accesses of the wrong width or alignment, or to unknown
+    /// registers.
+    pub bad_accesses: AtomicU64,
+    /// Status writes that skip or undo negotiation steps.
+    pub bad_status_writes: AtomicU64,
+    /// Driver feature sets refused at FEATURES_OK (or written too late).
+    pub refused_features: AtomicU64,
+    /// Queue register writes refused (wrong state, missing queue, bad value).
+    pub bad_queue_writes: AtomicU64,
+    /// QueueNotify writes naming a queue the device does not have.
+    pub bad_notifies: AtomicU64,
+    /// Successful activations (DRIVER_OK accepted).
+    pub activations: AtomicU64,
+    /// Activations refused (the device then asks for a reset).
+    pub failed_activations: AtomicU64,
+    /// Resets by the driver (Status = 0).
+    pub resets: AtomicU64,
+}
+
+impl TransportMetrics {
+    /// Calls `out` with each counter's name and value.
+    pub fn write(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out("transport_bad_accesses", get(&self.bad_accesses));
+        out("transport_bad_status_writes", get(&self.bad_status_writes));
+        out("transport_refused_features", get(&self.refused_features));
+        out("transport_bad_queue_writes", get(&self.bad_queue_writes));
+        out("transport_bad_notifies", get(&self.bad_notifies));
+        out("transport_activations", get(&self.activations));
+        out("transport_failed_activations", get(&self.failed_activations));
+        out("transport_resets", get(&self.resets));
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A virtio device behind the virtio-mmio register interface.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
-    mem: GuestMemoryMmap,
+    // Copied from the device at construction; see the module docs.
+    device_type: u32,
+    avail_features: u64,
+    queue_events: Vec<EventFd>,
+    activate_event: EventFd,
     interrupt: IrqTrigger,
+    mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
     status: u32,
-    config_generation: u32,
     /// The driver wrote a queue value we could not accept; activation
     /// must fail instead of running with values the driver did not mean.
     bad_queue_config: bool,
+    metrics: Arc<TransportMetrics>,
 }
 
 impl std::fmt::Debug for MmioTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmioTransport")
+            .field("device_type", &self.device_type)
             .field("status", &self.status)
             .field("driver_features", &self.driver_features)
             .field("queues", &self.queues.len())
@@ -109,28 +178,58 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
     ) -> Result<Self, MmioError> {
-        let queues = {
+        let (device_type, avail_features, queues, queue_events, activate_event, interrupt) = {
             let dev = lock(&device);
-            dev.queue_max_sizes()
+            let queues = dev
+                .queue_max_sizes()
                 .iter()
                 .enumerate()
                 .map(|(index, &max)| {
                     Queue::new(max).map_err(|_| MmioError::InvalidQueueMax { index, max })
                 })
-                .collect::<Result<Vec<_>, _>>()?
+                .collect::<Result<Vec<_>, _>>()?;
+            let events = dev.events();
+            if events.queues.len() != queues.len() {
+                return Err(MmioError::QueueEventCount {
+                    queues: queues.len(),
+                    events: events.queues.len(),
+                });
+            }
+            let queue_events = events
+                .queues
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(MmioError::CloneEventFd)?;
+            let activate_event = events
+                .activate
+                .try_clone()
+                .map_err(MmioError::CloneEventFd)?;
+            (
+                dev.device_type(),
+                dev.avail_features(),
+                queues,
+                queue_events,
+                activate_event,
+                events.interrupt.clone(),
+            )
         };
         Ok(Self {
             device,
+            device_type,
+            avail_features,
+            queue_events,
+            activate_event,
+            interrupt,
             mem,
-            interrupt: IrqTrigger::new().map_err(MmioError::Interrupt)?,
             queues,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
             status: 0,
-            config_generation: 0,
             bad_queue_config: false,
+            metrics: Arc::default(),
         })
     }
 
@@ -139,20 +238,21 @@ impl MmioTransport {
         &self.device
     }
 
-    /// The interrupt shared with the device; register
-    /// `interrupt().irq_evt()` as the irqfd for this device's GSI.
+    /// The device's interrupt; register `interrupt().irq_evt()` as the
+    /// irqfd for this device's GSI.
     pub fn interrupt(&self) -> &IrqTrigger {
         &self.interrupt
+    }
+
+    /// What the driver did wrong, and lifecycle counts.
+    pub fn metrics(&self) -> Arc<TransportMetrics> {
+        self.metrics.clone()
     }
 
     /// Duplicates of the device's queue `EventFd`s, index = queue index,
     /// for registering ioeventfds at base + [`QUEUE_NOTIFY_OFFSET`].
     pub fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
-        lock(&self.device)
-            .queue_events()
-            .iter()
-            .map(EventFd::try_clone)
-            .collect()
+        self.queue_events.iter().map(EventFd::try_clone).collect()
     }
 
     /// The Status register as the driver sees it.
@@ -161,14 +261,6 @@ impl MmioTransport {
             self.status | DEVICE_NEEDS_RESET
         } else {
             self.status
-        }
-    }
-
-    /// Tells the driver the device config changed (for example a resize).
-    pub fn notify_config_change(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        if self.status & DRIVER_OK != 0 {
-            self.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG);
         }
     }
 
@@ -182,16 +274,15 @@ impl MmioTransport {
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let device = lock(&self.device);
         let queue = self.queues.get(self.queue_sel as usize);
         match offset {
             REG_MAGIC => MAGIC_VALUE,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => device.device_type(),
+            REG_DEVICE_ID => self.device_type,
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => super::low32(device.avail_features()),
-                1 => (device.avail_features() >> 32) as u32,
+                0 => super::low32(self.avail_features),
+                1 => super::low32(self.avail_features >> 32),
                 _ => 0,
             },
             REG_QUEUE_NUM_MAX => queue.map_or(0, |q| u32::from(q.max_size())),
@@ -201,8 +292,9 @@ impl MmioTransport {
             // No shared memory regions: length reads as all ones.
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
             REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => 0,
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
+                bump(&self.metrics.bad_accesses);
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
             }
@@ -227,14 +319,18 @@ impl MmioTransport {
             | REG_QUEUE_DRIVER_HIGH
             | REG_QUEUE_DEVICE_LOW
             | REG_QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
-            _ => log::debug!("virtio-mmio: write of {value:#x} to register {offset:#x} ignored"),
+            _ => {
+                bump(&self.metrics.bad_accesses);
+                log::debug!("virtio-mmio: write of {value:#x} to register {offset:#x} ignored");
+            }
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         // Features are fixed once FEATURES_OK is set.
         if self.status & (DRIVER | FEATURES_OK) != DRIVER {
-            log::warn!(
+            bump(&self.metrics.refused_features);
+            guest_warn!(
                 "virtio-mmio: driver features written in status {:#x}",
                 self.status
             );
@@ -253,14 +349,16 @@ impl MmioTransport {
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
         if !self.queue_config_allowed() {
-            log::warn!(
+            bump(&self.metrics.bad_queue_writes);
+            guest_warn!(
                 "virtio-mmio: queue register {offset:#x} written in status {:#x}",
                 self.status
             );
             return;
         }
         let Some(queue) = self.selected_queue() else {
-            log::warn!("virtio-mmio: queue register {offset:#x} written for a missing queue");
+            bump(&self.metrics.bad_queue_writes);
+            guest_warn!("virtio-mmio: queue register {offset:#x} written for a missing queue");
             return;
         };
         let result = match offset {
@@ -287,20 +385,23 @@ impl MmioTransport {
             _ => true,
         };
         if !result {
-            log::warn!("virtio-mmio: invalid value {value:#x} for queue register {offset:#x}");
+            bump(&self.metrics.bad_queue_writes);
+            guest_warn!("virtio-mmio: invalid value {value:#x} for queue register {offset:#x}");
             self.bad_queue_config = true;
         }
     }
 
     fn notify_queue(&mut self, index: u32) {
-        let device = lock(&self.device);
-        match device.queue_events().get(index as usize) {
+        match self.queue_events.get(index as usize) {
             Some(evt) => {
-                if let Err(e) = evt.write(1) {
-                    log::warn!("virtio-mmio: cannot signal queue {index}: {e}");
-                }
+                // Fails only when the counter would overflow: the queue
+                // is notified already.
+                let _ = evt.write(1);
             }
-            None => log::warn!("virtio-mmio: notify for missing queue {index}"),
+            None => {
+                bump(&self.metrics.bad_notifies);
+                guest_warn!("virtio-mmio: notify for missing queue {index}");
+            }
         }
     }
 
@@ -314,7 +415,8 @@ impl MmioTransport {
         // back changes nothing.
         let value = value & !DEVICE_NEEDS_RESET | (old & DEVICE_NEEDS_RESET);
         if value & old != old {
-            log::warn!("virtio-mmio: status {value:#x} clears bits of {old:#x} without a reset");
+            bump(&self.metrics.bad_status_writes);
+            guest_warn!("virtio-mmio: status {value:#x} clears bits of {old:#x} without a reset");
             return;
         }
         let added = value & !old;
@@ -328,23 +430,26 @@ impl MmioTransport {
             (ACKNOWLEDGE, 0) | (DRIVER, ACKNOWLEDGE) => self.status |= added,
             (FEATURES_OK, p) if p == ACKNOWLEDGE | DRIVER => self.try_features_ok(),
             (DRIVER_OK, p) if p == ACKNOWLEDGE | DRIVER | FEATURES_OK => self.activate(),
-            _ => log::warn!("virtio-mmio: invalid status transition {old:#x} -> {value:#x}"),
+            _ => {
+                bump(&self.metrics.bad_status_writes);
+                guest_warn!("virtio-mmio: invalid status transition {old:#x} -> {value:#x}");
+            }
         }
     }
 
     fn try_features_ok(&mut self) {
-        let mut device = lock(&self.device);
-        let offered = device.avail_features();
+        let offered = self.avail_features;
         let unknown = self.driver_features & !offered;
         if unknown != 0 || self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             // Leaving FEATURES_OK clear tells the driver the set is refused.
-            log::warn!(
+            bump(&self.metrics.refused_features);
+            guest_warn!(
                 "virtio-mmio: refusing driver features {:#x} (offered {offered:#x})",
                 self.driver_features
             );
             return;
         }
-        device.ack_features(self.driver_features);
+        lock(&self.device).ack_features(self.driver_features);
         self.status |= FEATURES_OK;
     }
 
@@ -352,7 +457,7 @@ impl MmioTransport {
         let mut ok = !self.bad_queue_config;
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                log::warn!("virtio-mmio: queue {i} is outside guest memory");
+                guest_warn!("virtio-mmio: queue {i} is outside guest memory");
                 ok = false;
             }
         }
@@ -372,25 +477,40 @@ impl MmioTransport {
                 .collect();
             let result = match queues {
                 Ok(queues) => lock(&self.device)
-                    .activate(self.mem.clone(), queues, self.interrupt.clone())
+                    .activate(self.mem.clone(), queues)
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = result {
-                log::warn!("virtio-mmio: device activation failed: {e}");
+                guest_warn!("virtio-mmio: device activation failed: {e}");
                 ok = false;
             }
         }
         if ok {
             self.status |= DRIVER_OK;
+            bump(&self.metrics.activations);
+            self.signal_activation_change();
         } else {
+            bump(&self.metrics.failed_activations);
             self.status |= DEVICE_NEEDS_RESET;
             self.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG);
         }
     }
 
+    /// Wakes the device's event handler to (un)register its queue and
+    /// backend fds.
+    fn signal_activation_change(&self) {
+        // Fails only when the counter would overflow: already pending.
+        let _ = self.activate_event.write(1);
+    }
+
     fn reset(&mut self) {
+        bump(&self.metrics.resets);
+        let was_active = self.status & DRIVER_OK != 0;
         lock(&self.device).reset();
+        if was_active {
+            self.signal_activation_change();
+        }
         for q in &mut self.queues {
             q.reset();
         }
@@ -411,7 +531,8 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            log::warn!(
+            bump(&self.metrics.bad_accesses);
+            guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} ignored",
                 data.len()
             );
@@ -427,14 +548,16 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::warn!(
+            bump(&self.metrics.bad_accesses);
+            guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} ignored",
                 data.len()
             );
             return;
         };
         if !offset.is_multiple_of(4) {
-            log::warn!("virtio-mmio: unaligned write at {offset:#x} ignored");
+            bump(&self.metrics.bad_accesses);
+            guest_warn!("virtio-mmio: unaligned write at {offset:#x} ignored");
             return;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));

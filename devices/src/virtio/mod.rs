@@ -3,8 +3,12 @@
 //! A device ([`VirtioDevice`]) knows its queues, features and config space;
 //! the transport ([`mmio::MmioTransport`]) turns guest register accesses into
 //! calls on it and owns the feature/status negotiation. Devices never see the
-//! transport: they get guest memory, their queues and an [`IrqTrigger`] when
-//! the driver sets DRIVER_OK.
+//! transport: they get guest memory and their queues when the driver sets
+//! DRIVER_OK, and raise interrupts through the [`IrqTrigger`] in their
+//! [`DeviceEvents`]. Each device also implements an event handler
+//! (`event_manager::MutEventSubscriber`) that the VMM runs on the device's
+//! own thread; it watches the activation eventfd first and the queues only
+//! once the driver has activated the device.
 
 pub mod block;
 pub mod interrupt;
@@ -14,7 +18,7 @@ use std::fmt::Debug;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap as GenericGuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use interrupt::{IrqTrigger, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
@@ -81,26 +85,61 @@ pub enum ActivateError {
     AlreadyActive,
 }
 
+/// The file descriptors every virtio device carries from construction,
+/// so the VMM can wire them into KVM and the transport can answer the
+/// guest without taking the device lock.
+#[derive(Debug)]
+pub struct DeviceEvents {
+    /// One per queue, signalled when the driver notifies the queue. The
+    /// VMM registers them as ioeventfds (at transport base + 0x50 with
+    /// datamatch = queue index); a QueueNotify write that reaches the bus
+    /// instead is forwarded to the same `EventFd`.
+    pub queues: Vec<EventFd>,
+    /// Signalled by the transport when the device was activated or reset
+    /// (on a vCPU thread). The device's event handler watches
+    /// only this until then and (un)registers its queue and backend fds
+    /// when it fires, so nothing is polled before the driver is ready.
+    pub activate: EventFd,
+    /// The device's interrupt: status bits, config generation and irqfd.
+    pub interrupt: IrqTrigger,
+}
+
+impl DeviceEvents {
+    /// Fresh non-blocking eventfds for a device with `queues` queues.
+    pub fn new(queues: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            queues: (0..queues)
+                .map(|_| EventFd::new(EFD_NONBLOCK))
+                .collect::<Result<_, _>>()?,
+            activate: EventFd::new(EFD_NONBLOCK)?,
+            interrupt: IrqTrigger::new()?,
+        })
+    }
+
+}
+
 /// A virtio device model that can sit behind a transport.
 ///
-/// All methods are called with the device lock held, from a vCPU thread
-/// (register accesses) or the event-loop thread (queue processing).
+/// The transport calls these with the device lock held, from a vCPU
+/// thread, only for config space, feature acknowledgement, activation and
+/// reset; everything else it answers from values it copied at
+/// construction ([`Self::device_type`], [`Self::queue_max_sizes`],
+/// [`Self::avail_features`], [`Self::events`]), so a device busy on its
+/// own thread never stalls a vCPU reading an ordinary register.
 pub trait VirtioDevice: Send + Debug {
-    /// The virtio device type, see [`device_type`].
+    /// The virtio device type, see [`device_type`]. Fixed for the device's
+    /// lifetime.
     fn device_type(&self) -> u32;
 
     /// Maximum size of each queue; the length is the number of queues.
+    /// Fixed for the device's lifetime.
     fn queue_max_sizes(&self) -> &[u16];
 
-    /// One `EventFd` per queue, signalled when the driver notifies the queue.
-    ///
-    /// They exist from construction so the VMM can register them as
-    /// ioeventfds (at transport base + 0x50 with datamatch = queue index)
-    /// and in its event loop before the guest runs; a QueueNotify write
-    /// that reaches the bus instead is forwarded to the same `EventFd`.
-    fn queue_events(&self) -> &[EventFd];
+    /// The device's eventfds and interrupt, see [`DeviceEvents`].
+    fn events(&self) -> &DeviceEvents;
 
-    /// Feature bits the device offers (64-bit).
+    /// Feature bits the device offers (64-bit). Fixed for the device's
+    /// lifetime.
     fn avail_features(&self) -> u64;
 
     /// The subset of [`Self::avail_features`] the driver accepted. Called
@@ -114,17 +153,21 @@ pub trait VirtioDevice: Send + Debug {
     /// Writes device config space. Devices with a read-only config ignore it.
     fn write_config(&mut self, offset: u64, data: &[u8]);
 
-    /// Starts the device with the queues the driver configured.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: IrqTrigger,
-    ) -> Result<(), ActivateError>;
+    /// Takes the queues the driver configured. Runs on a vCPU thread: the
+    /// device only stores them; the transport then signals
+    /// [`DeviceEvents::activate`] and the device's event handler starts the
+    /// work on its own thread. No I/O here.
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError>;
 
     /// Stops the device and drops the queues; it may be activated again.
+    /// When this returns the device no longer touches guest memory through
+    /// the old queues (in-flight work is finished or cancelled).
     fn reset(&mut self);
 
     /// Whether [`Self::activate`] succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
+
+    /// Reports the device's counters, for the VMM's metrics. Names are
+    /// `snake_case`; values only grow.
+    fn write_metrics(&self, _out: &mut dyn FnMut(&'static str, u64)) {}
 }

@@ -70,6 +70,7 @@ impl VmConfig {
         self.disks.insert(
             0,
             DiskConfig {
+                id: None,
                 path: launch.instance_disk,
                 format: Some(DiskFormat::Qcow2),
                 readonly: false,

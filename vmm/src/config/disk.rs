@@ -1,4 +1,5 @@
-//! One virtio-blk disk as given by `--disk PATH[,format=raw|qcow2][,readonly][,serial=ID]`
+//! One virtio-blk disk as given by
+//! `--disk PATH[,id=NAME][,format=raw|qcow2][,readonly][,serial=ID]`
 //! or the `disks` array of a JSON config.
 
 use std::path::PathBuf;
@@ -6,6 +7,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+
+/// Longest drive id (it appears in API paths and metric labels).
+pub const MAX_DRIVE_ID_LEN: usize = 64;
 
 /// Longest serial a virtio-blk GET_ID request can return.
 pub const MAX_DISK_SERIAL_LEN: usize = 20;
@@ -24,6 +28,10 @@ pub enum DiskFormat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
+    /// The drive's name in the API (`PATCH /drives/{id}`) and metrics;
+    /// `disk0`, `disk1`, … in configuration order when absent.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Image file.
     pub path: PathBuf,
     /// Format; detected from the file's header when absent.
@@ -51,6 +59,7 @@ impl std::str::FromStr for DiskConfig {
             .filter(|p| !p.is_empty())
             .ok_or_else(|| bad("missing path".into()))?;
         let mut disk = DiskConfig {
+            id: None,
             path: PathBuf::from(path),
             format: None,
             readonly: false,
@@ -64,6 +73,7 @@ impl std::str::FromStr for DiskConfig {
                     return Err(bad(format!("unknown format '{other}' (raw or qcow2)")))
                 }
                 Some(("serial", id)) => disk.serial = Some(id.to_string()),
+                Some(("id", id)) => disk.id = Some(id.to_string()),
                 None if option == "readonly" || option == "ro" => disk.readonly = true,
                 _ => return Err(bad(format!("unknown option '{option}'"))),
             }
@@ -74,8 +84,25 @@ impl std::str::FromStr for DiskConfig {
 }
 
 impl DiskConfig {
+    /// The drive id: the configured one, else `disk{index}`.
+    pub fn drive_id(&self, index: usize) -> String {
+        self.id.clone().unwrap_or_else(|| format!("disk{index}"))
+    }
+
     /// Checks what can be checked without touching the file.
     pub fn validate_syntax(&self) -> Result<(), String> {
+        if let Some(id) = &self.id {
+            let valid = !id.is_empty()
+                && id.len() <= MAX_DRIVE_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(format!(
+                    "id must be 1-{MAX_DRIVE_ID_LEN} characters of A-Z, a-z, 0-9, _ or -"
+                ));
+            }
+        }
         if let Some(serial) = &self.serial {
             if serial.len() > MAX_DISK_SERIAL_LEN {
                 return Err(format!("serial longer than {MAX_DISK_SERIAL_LEN} bytes"));
@@ -94,14 +121,16 @@ mod tests {
 
     #[test]
     fn parses_the_flag_syntax() {
-        let d: DiskConfig = "/img/root.qcow2,format=qcow2,readonly,serial=vol-1"
+        let d: DiskConfig = "/img/root.qcow2,format=qcow2,readonly,serial=vol-1,id=rootfs"
             .parse()
             .unwrap();
+        assert_eq!(d.drive_id(3), "rootfs");
         assert_eq!(d.path, PathBuf::from("/img/root.qcow2"));
         assert_eq!(d.format, Some(DiskFormat::Qcow2));
         assert!(d.readonly);
         assert_eq!(d.serial.as_deref(), Some("vol-1"));
         let plain: DiskConfig = "data.raw".parse().unwrap();
+        assert_eq!(plain.drive_id(3), "disk3");
         assert_eq!(
             (plain.format, plain.readonly, plain.serial),
             (None, false, None)
@@ -117,6 +146,8 @@ mod tests {
             "a,bogus",
             "a,serial=123456789012345678901",
             "a,serial=has space",
+            "a,id=",
+            "a,id=has/slash",
         ] {
             assert!(spec.parse::<DiskConfig>().is_err(), "{spec}");
         }

@@ -31,6 +31,14 @@ pub const MAX_CMDLINE_LEN: usize = 4096;
 /// Command line used when the user gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// Instance id used when none is given (Firecracker's default).
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+/// Longest instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 64;
+
+fn default_instance_id() -> String {
+    DEFAULT_INSTANCE_ID.to_string()
+}
 fn default_vcpus() -> u8 {
     1
 }
@@ -95,6 +103,12 @@ impl<'de> Deserialize<'de> for SerialTarget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
+    /// The instance's id, reported by `GET /` (`--id`).
+    #[serde(default = "default_instance_id")]
+    pub id: String,
+    /// Serve the control API on this Unix socket (`--api-sock`).
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
     /// Kernel image: an ELF `vmlinux` or a bzImage. Absent when booting
     /// from the root disk.
     #[serde(default)]
@@ -240,6 +254,9 @@ pub enum ConfigError {
         /// What was configured.
         memory_mib: u64,
     },
+    /// The instance id is empty, too long or has odd characters.
+    #[error("invalid instance id {0:?}: use 1-{MAX_INSTANCE_ID_LEN} characters of A-Z, a-z, 0-9, - or _")]
+    BadId(String),
     /// The command line is too long or contains a NUL byte.
     #[error("invalid kernel command line: {0}")]
     BadCmdline(&'static str),
@@ -260,6 +277,15 @@ impl VmConfig {
 
     /// Checks every setting that can be checked without KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= MAX_INSTANCE_ID_LEN
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(ConfigError::BadId(self.id.clone()));
+        }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::BadVcpuCount(u64::from(self.vcpus)));
         }
@@ -275,11 +301,18 @@ impl VmConfig {
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::TooManyDisks(self.disks.len()));
         }
-        for disk in &self.disks {
+        let mut ids = std::collections::BTreeSet::new();
+        for (index, disk) in self.disks.iter().enumerate() {
             disk.validate_syntax().map_err(|why| ConfigError::BadDisk {
                 spec: disk.path.display().to_string(),
                 why,
             })?;
+            if !ids.insert(disk.drive_id(index)) {
+                return Err(ConfigError::BadDisk {
+                    spec: disk.path.display().to_string(),
+                    why: format!("drive id {} is used twice", disk.drive_id(index)),
+                });
+            }
             regular_file_len("disk", &disk.path)?;
         }
         let kernel = match (&self.kernel, self.boot_from_disk) {
@@ -379,6 +412,8 @@ mod tests {
 
     fn config(kernel: &Path) -> VmConfig {
         VmConfig {
+            id: DEFAULT_INSTANCE_ID.into(),
+            api_socket: None,
             kernel: Some(kernel.to_path_buf()),
             disks: Vec::new(),
             boot_from_disk: false,

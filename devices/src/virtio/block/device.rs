@@ -1,11 +1,12 @@
 //! The virtio-blk device: feature/config answers and the request loop.
 //!
-//! Processing model: the device never spawns threads. Its one queue
-//! `EventFd` (see [`VirtioDevice::queue_events`]) is registered by the VMM
-//! as an ioeventfd and in the event loop; when it fires, the loop calls
-//! [`Block::handle_queue_event`] (directly or through the
-//! `event_manager::MutEventSubscriber` impl), which drains the queue
-//! synchronously against the disk and raises one interrupt for the batch.
+//! Processing model: the device never spawns threads; the VMM runs its
+//! event handler (`event_handler.rs`) on a thread of the device's own. Its
+//! one queue `EventFd` (see [`VirtioDevice::events`]) is registered by the
+//! VMM as an ioeventfd and, once the driver activated the device, in that
+//! thread's event loop; when it fires, [`Block::handle_queue_event`] drains
+//! the queue synchronously against the disk and raises one interrupt for
+//! the batch.
 //! Requests are parsed into a typed [`Request`] first and then executed;
 //! data moves through one bounce buffer allocated with the device, so a
 //! request allocates nothing.
@@ -18,7 +19,6 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::{self, ConfigValues, CONFIG_LEN};
 use super::metrics::BlockMetrics;
@@ -28,8 +28,10 @@ use crate::disk::{open_disk, DiskBackend, DiskError, ImageFormat, OpenError};
 use crate::virtio::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::guest_warn;
 use crate::virtio::{
-    device_type, ActivateError, GuestMemoryMmap, IrqTrigger, VirtioDevice, VIRTIO_MMIO_INT_VRING,
+    device_type, ActivateError, DeviceEvents, GuestMemoryMmap, IrqTrigger, VirtioDevice,
+    VIRTIO_MMIO_INT_VRING,
 };
 
 /// Size of the single request queue.
@@ -60,8 +62,8 @@ pub struct BlockOptions {
 /// Errors building a block device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    /// The queue `EventFd` could not be created.
-    #[error("cannot create the queue eventfd: {0}")]
+    /// The device's eventfds could not be created.
+    #[error("cannot create the device's eventfds: {0}")]
     EventFd(std::io::Error),
     /// The disk image could not be opened.
     #[error(transparent)]
@@ -88,8 +90,11 @@ pub struct Block {
     avail_features: u64,
     acked_features: u64,
     config: [u8; CONFIG_LEN],
-    queue_evts: [EventFd; 1],
+    events: DeviceEvents,
     active: Option<Active>,
+    /// Whether the event handler watches the queue eventfd (only while
+    /// the device is active).
+    pub(super) queue_registered: bool,
     bounce: Vec<u8>,
     segments: Vec<Segment>,
     metrics: BlockMetrics,
@@ -134,8 +139,9 @@ impl Block {
             avail_features,
             acked_features: 0,
             config,
-            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?],
+            events: DeviceEvents::new(1).map_err(BlockError::EventFd)?,
             active: None,
+            queue_registered: false,
             bounce: vec![0; BOUNCE_LEN],
             segments: Vec::with_capacity(SEG_MAX as usize),
             metrics: BlockMetrics::default(),
@@ -168,7 +174,7 @@ impl Block {
     pub fn handle_queue_event(&mut self) {
         // Always consume the event, even when inactive, so a level-
         // triggered event loop does not spin.
-        let _ = self.queue_evts[0].read();
+        let _ = self.events.queues[0].read();
         self.metrics.queue_events += 1;
         self.process_queue();
     }
@@ -189,7 +195,7 @@ impl Block {
         for pass in 0.. {
             if pass == MAX_PASSES {
                 // Still busy: let other devices run, then come back.
-                let _ = self.queue_evts[0].write(1);
+                let _ = self.events.queues[0].write(1);
                 break;
             }
             if a.queue.disable_notification(&a.mem).is_err() {
@@ -221,7 +227,7 @@ impl Block {
     }
 
     fn queue_broken(&mut self, a: &mut Active) {
-        log::warn!("virtio-blk: queue protocol violation, device needs reset");
+        guest_warn!("virtio-blk: queue protocol violation, device needs reset");
         self.metrics.queue_errors += 1;
         a.broken = true;
         a.interrupt.set_needs_reset();
@@ -305,7 +311,7 @@ impl Block {
         match result {
             Ok(written) => (status::OK, written),
             Err(e) => {
-                log::warn!("virtio-blk: {:?} failed: {e}", req.request_type);
+                guest_warn!("virtio-blk: {:?} failed: {e}", req.request_type);
                 self.metrics.io_errors += 1;
                 (status::IOERR, 0)
             }
@@ -440,7 +446,7 @@ impl Block {
             Ok(()) if discard => self.metrics.discards += 1,
             Ok(()) => self.metrics.write_zeroes += 1,
             Err(e) => {
-                log::warn!("virtio-blk: zeroing failed: {e}");
+                guest_warn!("virtio-blk: zeroing failed: {e}");
                 self.metrics.io_errors += 1;
                 return (status::IOERR, 0);
             }
@@ -458,8 +464,8 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+    fn events(&self) -> &DeviceEvents {
+        &self.events
     }
 
     fn avail_features(&self) -> u64 {
@@ -486,7 +492,6 @@ impl VirtioDevice for Block {
         &mut self,
         mem: GuestMemoryMmap,
         mut queues: Vec<Queue>,
-        interrupt: IrqTrigger,
     ) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
@@ -504,7 +509,7 @@ impl VirtioDevice for Block {
         self.active = Some(Active {
             mem,
             queue,
-            interrupt,
+            interrupt: self.events.interrupt.clone(),
             broken: false,
         });
         Ok(())
@@ -517,5 +522,9 @@ impl VirtioDevice for Block {
 
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+
+    fn write_metrics(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        self.metrics.write(out);
     }
 }

@@ -40,3 +40,25 @@ pub struct BlockMetrics {
     /// Used-buffer interrupts raised.
     pub interrupts: u64,
 }
+
+impl BlockMetrics {
+    /// Calls `out` with each counter's name and value.
+    pub fn write(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        out("queue_events", self.queue_events);
+        out("reads", self.reads);
+        out("read_bytes", self.read_bytes);
+        out("writes", self.writes);
+        out("write_bytes", self.write_bytes);
+        out("flushes", self.flushes);
+        out("get_ids", self.get_ids);
+        out("discards", self.discards);
+        out("write_zeroes", self.write_zeroes);
+        out("io_errors", self.io_errors);
+        out("invalid_requests", self.invalid_requests);
+        out("unsupported", self.unsupported);
+        out("read_only_rejections", self.read_only_rejections);
+        out("dropped_chains", self.dropped_chains);
+        out("queue_errors", self.queue_errors);
+        out("interrupts", self.interrupts);
+    }
+}

@@ -82,8 +82,8 @@ impl<'a> Harness<'a> {
         let vq = MockSplitQueue::new(mem, QSIZE);
         let mut q: Queue = vq.create_queue().unwrap();
         q.set_event_idx(event_idx);
-        let irq = IrqTrigger::new().unwrap();
-        dev.activate(mem.clone(), vec![q], irq.clone()).unwrap();
+        let irq = dev.events().interrupt.clone();
+        dev.activate(mem.clone(), vec![q]).unwrap();
         Self {
             mem,
             vq,
@@ -605,9 +605,9 @@ fn reset_and_reactivate() {
     assert!(!h.dev.is_activated());
     h.dev.process_queue(); // inactive: nothing happens
     let q: Queue = h.vq.create_queue().unwrap();
-    h.dev.activate(mem.clone(), vec![q], h.irq.clone()).unwrap();
+    h.dev.activate(mem.clone(), vec![q]).unwrap();
     let q: Queue = h.vq.create_queue().unwrap();
-    assert!(h.dev.activate(mem.clone(), vec![q], h.irq.clone()).is_err());
+    assert!(h.dev.activate(mem.clone(), vec![q]).is_err());
     assert_eq!(h.request(T_FLUSH, 0, &[]).0, status::OK);
 }
 
@@ -615,15 +615,15 @@ fn reset_and_reactivate() {
 fn queue_event_before_activation_is_consumed() {
     let disk = RawDisk::new(Box::new(MemStorage::new(vec![0; 4096], 4096)), false).unwrap();
     let mut dev = Block::new(Box::new(disk), BlockOptions::default()).unwrap();
-    dev.queue_events()[0].write(1).unwrap();
+    dev.events().queues[0].write(1).unwrap();
     dev.handle_queue_event();
-    assert!(dev.queue_events()[0].read().is_err()); // EAGAIN: counter cleared
-                                                    // Activation refuses queues that are not ready or a wrong count.
+    assert!(dev.events().queues[0].read().is_err()); // EAGAIN: counter cleared
+
+    // Activation refuses queues that are not ready or a wrong count.
     let mem = memory();
-    let irq = IrqTrigger::new().unwrap();
-    assert!(dev.activate(mem.clone(), vec![], irq.clone()).is_err());
+    assert!(dev.activate(mem.clone(), vec![]).is_err());
     let q = Queue::new(16).unwrap();
-    assert!(dev.activate(mem, vec![q], irq).is_err());
+    assert!(dev.activate(mem, vec![q]).is_err());
 }
 
 /// The whole path a guest driver takes: MMIO registers, a notify write,

@@ -4,12 +4,11 @@
 
 use super::*;
 use crate::virtio::features::VIRTIO_RING_F_EVENT_IDX;
-use crate::virtio::{ActivateError, VIRTIO_MMIO_INT_VRING};
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use crate::virtio::{ActivateError, DeviceEvents, VIRTIO_MMIO_INT_VRING};
 
 #[derive(Debug)]
 struct Dummy {
-    evts: Vec<EventFd>,
+    events: DeviceEvents,
     acked: u64,
     active: bool,
     config: [u8; 8],
@@ -20,10 +19,7 @@ struct Dummy {
 impl Dummy {
     fn new() -> Self {
         Self {
-            evts: vec![
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-            ],
+            events: DeviceEvents::new(2).unwrap(),
             acked: 0,
             active: false,
             config: [1, 2, 3, 4, 5, 6, 7, 8],
@@ -42,8 +38,8 @@ impl VirtioDevice for Dummy {
     fn queue_max_sizes(&self) -> &[u16] {
         &[16, 8]
     }
-    fn queue_events(&self) -> &[EventFd] {
-        &self.evts
+    fn events(&self) -> &DeviceEvents {
+        &self.events
     }
     fn avail_features(&self) -> u64 {
         OFFERED
@@ -61,12 +57,7 @@ impl VirtioDevice for Dummy {
             *b = data[0];
         }
     }
-    fn activate(
-        &mut self,
-        _mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        _interrupt: IrqTrigger,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, _mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.fail_activate {
             return Err(ActivateError::InvalidQueue(0));
         }
@@ -321,8 +312,8 @@ fn interrupt_ack_and_notify() {
     assert_eq!(h.r(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
 
     h.w(REG_QUEUE_NOTIFY, 1);
-    assert_eq!(h.dev.lock().unwrap().evts[1].read().unwrap(), 1);
-    assert!(h.dev.lock().unwrap().evts[0].read().is_err());
+    assert_eq!(h.dev.lock().unwrap().events.queues[1].read().unwrap(), 1);
+    assert!(h.dev.lock().unwrap().events.queues[0].read().is_err());
     h.w(REG_QUEUE_NOTIFY, 9); // missing queue: ignored
     let evts = h.t.queue_events().unwrap();
     assert_eq!(evts.len(), 2);
@@ -341,6 +332,73 @@ fn config_space_is_delegated() {
     let mut b = [0xffu8; 4];
     h.t.read(0, 0x200, &mut b);
     assert_eq!(b, [0; 4]);
-    h.t.notify_config_change();
+    h.dev
+        .lock()
+        .unwrap()
+        .events
+        .interrupt
+        .notify_config_change(true);
     assert_eq!(h.r(REG_CONFIG_GENERATION), 1);
+    assert_eq!(h.r(REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+}
+
+#[test]
+fn activation_and_reset_signal_the_device_handler() {
+    let mut h = Harness::new();
+    let activate = h.dev.lock().unwrap().events.activate.try_clone().unwrap();
+    h.negotiate(1 << VIRTIO_F_VERSION_1);
+    h.setup_queue(0, 8, 0x4000);
+    assert!(activate.read().is_err(), "nothing before DRIVER_OK");
+    h.w(REG_STATUS, ALL_OK);
+    assert_eq!(activate.read().unwrap(), 1);
+    h.w(REG_STATUS, 0);
+    assert_eq!(activate.read().unwrap(), 1);
+    // A reset of a device that never ran wakes nobody.
+    h.w(REG_STATUS, 0);
+    assert!(activate.read().is_err());
+    let m = h.t.metrics();
+    assert_eq!(m.activations.load(Ordering::Relaxed), 1);
+    assert_eq!(m.resets.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn ordinary_registers_do_not_wait_for_a_busy_device() {
+    let mut h = Harness::new();
+    let dev = h.dev.clone();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // The device's own thread holds its lock, as during a long disk drain.
+    let holder = std::thread::spawn(move || {
+        let _guard = dev.lock().unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+    });
+    locked_rx.recv().unwrap();
+    assert_eq!(h.r(REG_MAGIC), MAGIC_VALUE);
+    assert_eq!(h.r(REG_DEVICE_ID), 2);
+    assert_eq!(h.r(REG_DEVICE_FEATURES), OFFERED as u32);
+    h.w(REG_QUEUE_SEL, 1);
+    assert_eq!(h.r(REG_QUEUE_NUM_MAX), 8);
+    assert_eq!(h.r(REG_INTERRUPT_STATUS), 0);
+    assert_eq!(h.r(REG_STATUS), 0);
+    h.w(REG_QUEUE_NOTIFY, 0);
+    h.w(REG_INTERRUPT_ACK, 1);
+    done_tx.send(()).unwrap();
+    holder.join().unwrap();
+}
+
+#[test]
+fn guest_errors_are_counted() {
+    let mut h = Harness::new();
+    let mut b = [0u8; 2];
+    h.t.read(0, REG_MAGIC, &mut b);
+    h.t.write(0, REG_STATUS, &[1]);
+    h.w(REG_QUEUE_NOTIFY, 7);
+    h.w(REG_STATUS, DRIVER);
+    h.w(REG_QUEUE_NUM, 4);
+    let m = h.t.metrics();
+    assert_eq!(m.bad_accesses.load(Ordering::Relaxed), 2);
+    assert_eq!(m.bad_notifies.load(Ordering::Relaxed), 1);
+    assert_eq!(m.bad_status_writes.load(Ordering::Relaxed), 1);
+    assert_eq!(m.bad_queue_writes.load(Ordering::Relaxed), 1);
 }

@@ -1,11 +1,19 @@
 //! One vCPU: its KVM file descriptor, its initial state, and the loop that
 //! runs `KVM_RUN` and sends port-I/O and MMIO exits to the buses.
 //!
+//! - `mod.rs` (here): [`Vcpu`], its setup and one `KVM_RUN` at a time;
+//! - `stats.rs`: exit counters by reason;
+//! - `thread.rs`: the vCPU's thread, and the handle that kicks it out of
+//!   `KVM_RUN` to pause, resume or end it.
+//!
 //! Each vCPU runs on its own thread. The buses are shared read-only maps;
 //! the only lock on this path is the per-device one taken for slow-path
 //! register accesses (see `stratus_devices::bus`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod stats;
+mod thread;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use kvm_bindings::CpuId;
@@ -16,6 +24,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::regs::{self, EntryMode};
 use crate::arch::{cpuid, msr};
 use crate::coalesced::CoalescedRing;
+
+pub use stats::VcpuStats;
+pub use thread::{VcpuControlError, VcpuHandle, VcpuThreadConfig};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -84,41 +95,6 @@ impl std::fmt::Display for VcpuStop {
     }
 }
 
-/// Exit counters of one vCPU, shared with the main thread (which reports
-/// them when the VM ends). Relaxed atomics: only their totals matter.
-#[derive(Debug, Default)]
-pub struct VcpuStats {
-    /// Port reads that reached userspace.
-    pub pio_reads: AtomicU64,
-    /// Port writes that reached userspace.
-    pub pio_writes: AtomicU64,
-    /// MMIO reads that reached userspace.
-    pub mmio_reads: AtomicU64,
-    /// MMIO writes that reached userspace.
-    pub mmio_writes: AtomicU64,
-    /// Writes KVM queued instead of exiting, applied by this vCPU.
-    pub coalesced_writes: AtomicU64,
-}
-
-impl std::fmt::Display for VcpuStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        write!(
-            f,
-            "exits: {} port reads, {} port writes, {} MMIO reads, {} MMIO writes; {} coalesced writes",
-            get(&self.pio_reads),
-            get(&self.pio_writes),
-            get(&self.mmio_reads),
-            get(&self.mmio_writes),
-            get(&self.coalesced_writes)
-        )
-    }
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
 /// A vCPU and the buses its exits go to.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -157,6 +133,10 @@ impl Vcpu {
     /// The underlying KVM vCPU, for state a caller sets up itself.
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
+    }
+
+    fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
     }
 
     fn setup_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
@@ -213,17 +193,18 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the guest until something stops this vCPU for good.
+    /// Runs the guest until something stops this vCPU for good, ignoring
+    /// interruptions (for callers that never kick it).
     pub fn run_until_stop(&mut self) -> VcpuStop {
         loop {
-            if let Some(stop) = self.run_once() {
+            if let VcpuRun::Stop(stop) = self.run_once() {
                 return stop;
             }
         }
     }
 
-    /// One `KVM_RUN`. Returns `Some` when the vCPU must stop.
-    pub fn run_once(&mut self) -> Option<VcpuStop> {
+    /// One `KVM_RUN` and the handling of its exit.
+    pub fn run_once(&mut self) -> VcpuRun {
         let result = self.fd.run();
         if let Some(ring) = &self.coalesced {
             let applied = ring.drain();
@@ -233,46 +214,65 @@ impl Vcpu {
                     .fetch_add(applied, Ordering::Relaxed);
             }
         }
-        match result {
+        let stop = match result {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(port, data) => {
-                    bump(&self.stats.pio_reads);
+                    self.stats.bump(&self.stats.pio_reads);
                     if !self.pio.read(u64::from(port), data) {
                         // Nothing there: an ISA bus floats high.
                         data.fill(0xff);
                     }
-                    None
+                    return VcpuRun::Continue;
                 }
                 VcpuExit::IoOut(port, data) => {
-                    bump(&self.stats.pio_writes);
+                    self.stats.bump(&self.stats.pio_writes);
                     self.pio.write(u64::from(port), data);
-                    None
+                    return VcpuRun::Continue;
                 }
                 VcpuExit::MmioRead(addr, data) => {
-                    bump(&self.stats.mmio_reads);
+                    self.stats.bump(&self.stats.mmio_reads);
                     if !self.mmio.read(addr, data) {
                         data.fill(0xff);
                     }
-                    None
+                    return VcpuRun::Continue;
                 }
                 VcpuExit::MmioWrite(addr, data) => {
-                    bump(&self.stats.mmio_writes);
+                    self.stats.bump(&self.stats.mmio_writes);
                     self.mmio.write(addr, data);
-                    None
+                    return VcpuRun::Continue;
                 }
-                VcpuExit::Hlt => Some(VcpuStop::Halted),
-                VcpuExit::Shutdown => Some(VcpuStop::TripleFault),
-                VcpuExit::FailEntry(reason, _cpu) => Some(VcpuStop::FailEntry { reason }),
-                VcpuExit::InternalError => Some(VcpuStop::InternalError),
-                VcpuExit::SystemEvent(kind, _) => Some(VcpuStop::SystemEvent { kind }),
-                // A signal interrupted KVM_RUN; just go back in.
-                VcpuExit::Intr => None,
-                other => Some(VcpuStop::UnexpectedExit(format!("{other:?}"))),
+                // A signal (our kick, or `immediate_exit`) ended KVM_RUN.
+                VcpuExit::Intr => {
+                    self.stats.bump(&self.stats.interrupted);
+                    return VcpuRun::Interrupted;
+                }
+                VcpuExit::Hlt => VcpuStop::Halted,
+                VcpuExit::Shutdown => VcpuStop::TripleFault,
+                VcpuExit::FailEntry(reason, _cpu) => VcpuStop::FailEntry { reason },
+                VcpuExit::InternalError => VcpuStop::InternalError,
+                VcpuExit::SystemEvent(kind, _) => VcpuStop::SystemEvent { kind },
+                other => VcpuStop::UnexpectedExit(format!("{other:?}")),
             },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-            Err(e) => Some(VcpuStop::RunFailed(e.to_string())),
-        }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.stats.bump(&self.stats.interrupted);
+                return VcpuRun::Interrupted;
+            }
+            Err(e) => VcpuStop::RunFailed(e.to_string()),
+        };
+        self.stats.bump(&self.stats.other);
+        VcpuRun::Stop(stop)
     }
+}
+
+/// What one [`Vcpu::run_once`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuRun {
+    /// An exit was handled; enter the guest again.
+    Continue,
+    /// A signal interrupted `KVM_RUN`: look for a command, then go on.
+    Interrupted,
+    /// The vCPU cannot go on.
+    Stop(VcpuStop),
 }
 
 impl Vcpu {

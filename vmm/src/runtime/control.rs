@@ -1,0 +1,206 @@
+//! API requests, handled on the event loop one at a time.
+//!
+//! Every handler validates first and changes nothing on an error.
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::kvm_clock_data;
+
+use super::{DeviceMetrics, MetricsSnapshot, VcpuMetrics, Vmm};
+use crate::api::{
+    Action, ApiError, ApiRequest, ApiResponse, ApiResult, DriveUpdate, InstanceInfo, VmState,
+    VmStateChange,
+};
+use crate::device_manager::kind_name;
+use crate::outcome::VmOutcome;
+
+impl Vmm {
+    /// Answers every waiting API call.
+    pub(super) fn serve_api(&mut self) {
+        let Some(api) = self.api.take() else {
+            return;
+        };
+        for call in api.drain() {
+            let answer = self.handle(call.request);
+            // The client may have gone away; nothing to do then.
+            let _ = call.reply.send(answer);
+        }
+        self.api = Some(api);
+    }
+
+    fn handle(&mut self, request: ApiRequest) -> ApiResult {
+        match request {
+            ApiRequest::Describe => Ok(ApiResponse::Json(serde_json::json!(InstanceInfo {
+                id: self.parts.config.id.clone(),
+                state: self.state,
+                vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+                app_name: "stratus-vmm".to_string(),
+            }))),
+            ApiRequest::GetConfig => serde_json::to_value(&self.parts.config)
+                .map(ApiResponse::Json)
+                .map_err(|e| ApiError::internal(format!("cannot render the config: {e}"))),
+            ApiRequest::ChangeState(VmStateChange::Paused) => {
+                self.pause().map(|()| ApiResponse::NoContent)
+            }
+            ApiRequest::ChangeState(VmStateChange::Resumed) => {
+                self.resume().map(|()| ApiResponse::NoContent)
+            }
+            ApiRequest::Act(action) => self.act(action).map(|()| ApiResponse::NoContent),
+            ApiRequest::Metrics => Ok(ApiResponse::Metrics(self.metrics())),
+            ApiRequest::Console { bytes } => Ok(ApiResponse::Console(
+                self.parts
+                    .console
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .tail(bytes),
+            )),
+            ApiRequest::UpdateDrive { id, update } => self
+                .update_drive(&id, &update)
+                .map(|()| ApiResponse::NoContent),
+        }
+    }
+
+    /// Parks every vCPU and freezes the guest's clock. Idempotent.
+    fn pause(&mut self) -> Result<(), ApiError> {
+        if self.state == VmState::Paused {
+            return Ok(());
+        }
+        let fail = |e: crate::vcpu::VcpuControlError| ApiError::internal(e.to_string());
+        for vcpu in &self.parts.vcpus {
+            vcpu.request_pause().map_err(fail)?;
+        }
+        for vcpu in &self.parts.vcpus {
+            vcpu.wait_paused().map_err(fail)?;
+        }
+        // Saved after every vCPU stopped, restored before any runs again:
+        // the guest sees no time pass while paused, so its clock neither
+        // jumps forward nor, once NTP-free guests compare, backward.
+        match self.parts.vm_fd.get_clock() {
+            Ok(clock) => self.paused_clock = Some(clock),
+            Err(e) => log::warn!("KVM_GET_CLOCK failed, guest time will jump on resume: {e}"),
+        }
+        self.state = VmState::Paused;
+        self.pauses += 1;
+        log::info!("VM paused");
+        Ok(())
+    }
+
+    /// Restores the clock and runs the vCPUs again. Idempotent.
+    fn resume(&mut self) -> Result<(), ApiError> {
+        if self.state == VmState::Running {
+            return Ok(());
+        }
+        if let Some(saved) = self.paused_clock.take() {
+            let clock = kvm_clock_data {
+                clock: saved.clock,
+                ..Default::default()
+            };
+            if let Err(e) = self.parts.vm_fd.set_clock(&clock) {
+                log::warn!("KVM_SET_CLOCK failed, guest time jumps by the pause: {e}");
+            }
+        }
+        let fail = |e: crate::vcpu::VcpuControlError| ApiError::internal(e.to_string());
+        for vcpu in &self.parts.vcpus {
+            vcpu.request_resume().map_err(fail)?;
+        }
+        for vcpu in &self.parts.vcpus {
+            vcpu.wait_resumed().map_err(fail)?;
+        }
+        self.state = VmState::Running;
+        log::info!("VM resumed");
+        Ok(())
+    }
+
+    fn act(&mut self, action: Action) -> Result<(), ApiError> {
+        let needs_running_guest = matches!(action, Action::SendCtrlAltDel | Action::Shutdown);
+        if needs_running_guest && self.state == VmState::Paused {
+            return Err(ApiError::conflict(format!(
+                "{action:?} needs the guest to run: resume the VM first"
+            )));
+        }
+        match action {
+            Action::SendCtrlAltDel => Err(ApiError::bad_request(
+                "SendCtrlAltDel is not available in this build yet",
+            )),
+            Action::Shutdown => Err(ApiError::bad_request(
+                "Shutdown is not available in this build yet",
+            )),
+            Action::Reboot => {
+                log::info!("reset requested through the API");
+                self.outcome = Some(VmOutcome::Reboot);
+                self.finish();
+                Ok(())
+            }
+        }
+    }
+
+    fn update_drive(&mut self, id: &str, update: &DriveUpdate) -> Result<(), ApiError> {
+        let Some(_drive) = self.parts.devices.drives().iter().find(|d| d.id == id) else {
+            return Err(ApiError::not_found(format!("no drive with id {id:?}")));
+        };
+        if update.path_on_host.is_some() {
+            return Err(ApiError::bad_request(
+                "changing a drive's path_on_host is not supported",
+            ));
+        }
+        Err(ApiError::bad_request(
+            "drive rate limiters are not available in this build yet",
+        ))
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        let vcpus = self
+            .parts
+            .vcpus
+            .iter()
+            .map(|v| {
+                let mut exits = BTreeMap::new();
+                v.stats().write_exits(&mut |reason, n| {
+                    exits.insert(reason, n);
+                });
+                VcpuMetrics {
+                    index: v.index(),
+                    exits,
+                    coalesced_writes: v.stats().coalesced(),
+                }
+            })
+            .collect();
+        let devices = self
+            .parts
+            .devices
+            .slots()
+            .iter()
+            .map(|slot| {
+                let mut counters = BTreeMap::new();
+                let device = slot.device.lock().unwrap_or_else(|p| p.into_inner());
+                device.write_metrics(&mut |name, n| {
+                    counters.insert(name, n);
+                });
+                let kind = kind_name(device.device_type());
+                drop(device);
+                slot.transport.write(&mut |name, n| {
+                    counters.insert(name, n);
+                });
+                DeviceMetrics {
+                    name: slot.name.clone(),
+                    kind,
+                    counters,
+                }
+            })
+            .collect();
+        MetricsSnapshot {
+            state: self.state,
+            uptime_seconds: self.parts.start.elapsed().as_secs_f64(),
+            boot_time_seconds: self.parts.boot_time.get().map(|d| d.as_secs_f64()),
+            pauses: self.pauses,
+            console_bytes: self
+                .parts
+                .console
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .total(),
+            vcpus,
+            devices,
+        }
+    }
+}
