@@ -6,14 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use stratus_devices::bus::Bus;
-use stratus_devices::disk::ImageFormat;
 use stratus_devices::virtio::block::{Block, BlockOptions};
 use stratus_devices::virtio::mmio::{MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET};
 use stratus_devices::virtio::VirtioDevice;
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::acpi::MmioDeviceInfo;
-use crate::config::{DiskConfig, DiskFormat};
+use crate::config::DiskConfig;
 use crate::layout::{virtio_mmio_addr, VIRTIO_MMIO_SIZE};
 
 /// First GSI handed to virtio devices (0–4 are the legacy ISA lines we
@@ -69,14 +68,6 @@ pub struct VirtioDevices {
     pub cmdline_args: Vec<String>,
 }
 
-/// The device crate's name for a configured format.
-pub fn image_format(format: Option<DiskFormat>) -> Option<ImageFormat> {
-    format.map(|f| match f {
-        DiskFormat::Raw => ImageFormat::Raw,
-        DiskFormat::Qcow2 => ImageFormat::Qcow2,
-    })
-}
-
 impl VirtioDevices {
     /// Opens every disk and places it on `mmio` with its interrupts and
     /// notifications wired into `vm`.
@@ -92,13 +83,12 @@ impl VirtioDevices {
                 read_only: disk.readonly,
                 serial: disk.serial.clone().unwrap_or_default(),
             };
-            let block =
-                Block::open(&disk.path, image_format(disk.format), options).map_err(|source| {
-                    DeviceError::Block {
-                        path: disk.path.display().to_string(),
-                        source,
-                    }
-                })?;
+            let block = Block::open(&disk.path, disk.format, options).map_err(|source| {
+                DeviceError::Block {
+                    path: disk.path.display().to_string(),
+                    source,
+                }
+            })?;
             let block = Arc::new(Mutex::new(block));
             self.place(vm, mem, mmio, block.clone())?;
             self.blocks.push(block);

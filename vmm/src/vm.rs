@@ -151,8 +151,7 @@ fn find_disk_boot(root: &DiskConfig) -> Result<DiskBoot, VmError> {
         path: path.clone(),
         source,
     };
-    let backend = open_disk(&root.path, crate::devices::image_format(root.format), true)
-        .map_err(|e| wrap(e.into()))?;
+    let backend = open_disk(&root.path, root.format, true).map_err(|e| wrap(e.into()))?;
     let reader: Arc<dyn ReadAt> = Arc::new(Mutex::new(backend));
     let found = find_boot_files(reader).map_err(|e| wrap(e.into()))?;
     log::info!("boot from disk: {found:?}");

@@ -13,7 +13,7 @@ mod disk;
 pub mod footprint;
 
 pub use ami::AmiLaunch;
-pub use disk::{DiskConfig, DiskFormat, MAX_DISK_SERIAL_LEN};
+pub use disk::{DiskConfig, MAX_DISK_SERIAL_LEN};
 
 /// Smallest guest memory we accept: below this even a tiny kernel with an
 /// initramfs cannot decompress and run.
