@@ -183,7 +183,7 @@ impl DeviceManager {
                 read_only: disk.readonly,
                 serial: disk.serial.clone().unwrap_or_default(),
             };
-            let block = Block::open(&disk.path, image_format(disk.format), options).map_err(|source| {
+            let block = Block::open(&disk.path, disk.format, options).map_err(|source| {
                 DeviceError::Block {
                     path: disk.path.display().to_string(),
                     source,
@@ -237,15 +237,4 @@ impl DeviceManager {
         }
         Ok(threads)
     }
-}
-
-/// The device crate's name for a configured format.
-pub(crate) fn image_format(
-    format: Option<crate::config::DiskFormat>,
-) -> Option<stratus_devices::disk::ImageFormat> {
-    use stratus_devices::disk::ImageFormat;
-    format.map(|f| match f {
-        crate::config::DiskFormat::Raw => ImageFormat::Raw,
-        crate::config::DiskFormat::Qcow2 => ImageFormat::Qcow2,
-    })
 }

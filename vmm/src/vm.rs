@@ -179,12 +179,7 @@ fn find_disk_boot(root: &DiskConfig) -> Result<DiskBoot, VmError> {
         path: path.clone(),
         source,
     };
-    let backend = open_disk(
-        &root.path,
-        crate::device_manager::image_format(root.format),
-        true,
-    )
-    .map_err(|e| wrap(e.into()))?;
+    let backend = open_disk(&root.path, root.format, true).map_err(|e| wrap(e.into()))?;
     let reader: Arc<dyn ReadAt> = Arc::new(Mutex::new(backend));
     let found = find_boot_files(reader).map_err(|e| wrap(e.into()))?;
     log::info!("boot from disk: {found:?}");
@@ -410,15 +405,7 @@ impl Vm {
         // The buses are complete: from here on they are shared read-only.
         let pio = Arc::new(std::mem::take(&mut platform.pio));
         let mmio = Arc::new(std::mem::take(&mut platform.mmio));
-        let mut vcpus = create_vcpus(
-            &kvm,
-            &vm,
-            &mem,
-            config.vcpus,
-            boot_info.entry,
-            &pio,
-            &mmio,
-        )?;
+        let mut vcpus = create_vcpus(&kvm, &vm, &mem, config.vcpus, boot_info.entry, &pio, &mmio)?;
         let coalesced = enable_coalesced_console(&kvm, &vm, &mut vcpus, &pio, &mmio);
         log::info!(
             "VM ready after {:.1} ms",

@@ -250,7 +250,10 @@ fn a_spinning_vcpu_is_kicked_paused_resumed_and_joined() {
     let wait_for_progress = |from: u16| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while counter() == from {
-            assert!(std::time::Instant::now() < deadline, "the guest made no progress");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guest made no progress"
+            );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     };
@@ -275,6 +278,9 @@ fn a_spinning_vcpu_is_kicked_paused_resumed_and_joined() {
 
     // Exit reaches a vCPU that never leaves the guest by itself.
     handle.exit_and_join();
-    assert!(stops.try_recv().is_err(), "the vCPU did not stop on its own");
+    assert!(
+        stops.try_recv().is_err(),
+        "the vCPU did not stop on its own"
+    );
     drop(vm.vm_fd);
 }

@@ -129,12 +129,54 @@ pub enum OpenError {
 }
 
 /// Image formats [`open_disk`] can open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The one type for a format everywhere: configuration files, AMI
+/// manifests, command-line flags and qcow2 backing-format extensions all
+/// spell it `raw` or `qcow2` (QEMU's names), through serde, [`FromStr`]
+/// and [`Display`](std::fmt::Display) alike.
+///
+/// [`FromStr`]: std::str::FromStr
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// A plain disk image.
     Raw,
     /// QEMU copy-on-write version 2 or 3.
     Qcow2,
+}
+
+impl ImageFormat {
+    /// The format's name, as QEMU and our configuration files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A format name that is neither `raw` nor `qcow2`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown image format '{0}' (expected raw or qcow2)")]
+pub struct UnknownImageFormat(pub String);
+
+impl std::str::FromStr for ImageFormat {
+    type Err = UnknownImageFormat;
+
+    /// Exact, lower-case names only, as serde accepts them.
+    fn from_str(s: &str) -> Result<Self, UnknownImageFormat> {
+        match s {
+            "raw" => Ok(ImageFormat::Raw),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            _ => Err(UnknownImageFormat(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Opens a disk image of the given format, or probes it when `format` is
@@ -188,5 +230,28 @@ impl DiskBackend for Box<dyn DiskBackend> {
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         (**self).write_zeroes(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_format_names_agree_everywhere() {
+        for (format, name) in [(ImageFormat::Raw, "raw"), (ImageFormat::Qcow2, "qcow2")] {
+            assert_eq!(format.to_string(), name);
+            assert_eq!(name.parse::<ImageFormat>(), Ok(format));
+            let json = format!("\"{name}\"");
+            assert_eq!(serde_json::to_string(&format).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ImageFormat>(&json).unwrap(), format);
+        }
+        for bad in ["", "RAW", "Qcow2", "vmdk", "raw "] {
+            assert_eq!(
+                bad.parse::<ImageFormat>(),
+                Err(UnknownImageFormat(bad.to_owned()))
+            );
+            assert!(serde_json::from_str::<ImageFormat>(&format!("\"{bad}\"")).is_err());
+        }
     }
 }

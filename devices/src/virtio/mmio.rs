@@ -129,7 +129,10 @@ impl TransportMetrics {
         out("transport_bad_queue_writes", get(&self.bad_queue_writes));
         out("transport_bad_notifies", get(&self.bad_notifies));
         out("transport_activations", get(&self.activations));
-        out("transport_failed_activations", get(&self.failed_activations));
+        out(
+            "transport_failed_activations",
+            get(&self.failed_activations),
+        );
         out("transport_resets", get(&self.resets));
     }
 }

@@ -115,7 +115,6 @@ impl DeviceEvents {
             interrupt: IrqTrigger::new()?,
         })
     }
-
 }
 
 /// A virtio device model that can sit behind a transport.

@@ -20,6 +20,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
+use stratus_devices::disk::ImageFormat;
 
 /// Longest image name accepted (EC2's limit).
 const MAX_NAME_LEN: usize = 128;
@@ -111,15 +112,6 @@ pub enum Architecture {
     X86_64,
 }
 
-/// How the root device's image is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// A byte-for-byte disk.
-    Raw,
-    /// A QEMU copy-on-write image.
-    Qcow2,
-}
-
 /// How the VMM boots the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootMode {
@@ -187,10 +179,9 @@ impl AmiManifest {
             "x86_64" => Architecture::X86_64,
             _ => return Err(ManifestError::UnsupportedArchitecture(raw.architecture)),
         };
-        let format = match raw.root_device.format.as_str() {
-            "raw" => ImageFormat::Raw,
-            "qcow2" => ImageFormat::Qcow2,
-            _ => return Err(ManifestError::UnknownFormat(raw.root_device.format)),
+        let format: ImageFormat = match raw.root_device.format.parse() {
+            Ok(format) => format,
+            Err(_) => return Err(ManifestError::UnknownFormat(raw.root_device.format)),
         };
         let image = bundle_path(dir, &raw.root_device.image)?;
         let boot_mode = match raw.boot_mode.as_str() {

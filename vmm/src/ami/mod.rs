@@ -19,7 +19,6 @@
 mod backend;
 pub mod bls;
 pub mod bootloader;
-mod crc32;
 pub mod disk;
 pub mod gpt;
 pub mod manifest;

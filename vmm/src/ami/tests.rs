@@ -4,8 +4,9 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use crc32fast::hash as crc32;
+
 use super::bootloader::BootLoaderError;
-use super::crc32::crc32;
 use super::gpt::{GptError, RootSource, LINUX_FS_DATA, LINUX_ROOT_X86_64};
 use super::resolve::ResolveError;
 use super::rootfs::RootFsError;

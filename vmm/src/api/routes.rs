@@ -141,7 +141,9 @@ pub fn route_request(
                 }
                 Ok(ApiRequest::UpdateDrive { id, update })
             }
-            _ => Err(ApiError::internal(format!("route {template} has no handler"))),
+            _ => Err(ApiError::internal(format!(
+                "route {template} has no handler"
+            ))),
         };
     }
     if path_known {
@@ -201,7 +203,11 @@ mod tests {
         );
         assert_eq!(status(route("PUT", "/actions", "{")), 400);
         assert_eq!(
-            status(route("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#)),
+            status(route(
+                "PUT",
+                "/actions",
+                r#"{"action_type": "InstanceStart"}"#
+            )),
             400
         );
         assert_eq!(

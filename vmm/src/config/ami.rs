@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use stratus_devices::disk::{ImageFormat as DeviceFormat, Qcow2Disk};
+use stratus_devices::disk::{ImageFormat, Qcow2Disk};
 
-use super::{ConfigError, DiskConfig, DiskFormat, VmConfig};
-use crate::ami::manifest::{AmiManifest, ImageFormat};
+use super::{ConfigError, DiskConfig, VmConfig};
+use crate::ami::manifest::AmiManifest;
 
 /// An instance launched from an AMI manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +48,8 @@ fn create_overlay(overlay: &Path, manifest: &AmiManifest) -> Result<(), ConfigEr
             manifest.root_device.image.display()
         ))
     })?;
-    let format = match manifest.root_device.format {
-        ImageFormat::Raw => DeviceFormat::Raw,
-        ImageFormat::Qcow2 => DeviceFormat::Qcow2,
-    };
-    Qcow2Disk::create_overlay(overlay, &base, format).map_err(|e| fail(e.to_string()))
+    Qcow2Disk::create_overlay(overlay, &base, manifest.root_device.format)
+        .map_err(|e| fail(e.to_string()))
 }
 
 impl VmConfig {
@@ -72,7 +69,7 @@ impl VmConfig {
             DiskConfig {
                 id: None,
                 path: launch.instance_disk,
-                format: Some(DiskFormat::Qcow2),
+                format: Some(ImageFormat::Qcow2),
                 readonly: false,
                 serial: None,
             },
@@ -125,7 +122,7 @@ mod tests {
         assert!(resolved.boot_from_disk);
         assert_eq!(resolved.cmdline, "console=ttyS0 quiet");
         assert_eq!(resolved.disks[0].path, dir.0.join("i-1.qcow2"));
-        assert_eq!(resolved.disks[0].format, Some(DiskFormat::Qcow2));
+        assert_eq!(resolved.disks[0].format, Some(ImageFormat::Qcow2));
         let overlay = std::fs::read(dir.0.join("i-1.qcow2")).unwrap();
         assert_eq!(&overlay[..4], b"QFI\xfb");
         // A second launch reuses the instance's disk (and its writes).

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use stratus_devices::disk::ImageFormat;
 
 use super::ConfigError;
 
@@ -13,16 +14,6 @@ pub const MAX_DRIVE_ID_LEN: usize = 64;
 
 /// Longest serial a virtio-blk GET_ID request can return.
 pub const MAX_DISK_SERIAL_LEN: usize = 20;
-
-/// On-disk format of an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// A plain byte-for-byte image.
-    Raw,
-    /// QEMU copy-on-write v2/v3, optionally over a backing file.
-    Qcow2,
-}
 
 /// A disk attached to the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +27,7 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Format; detected from the file's header when absent.
     #[serde(default)]
-    pub format: Option<DiskFormat>,
+    pub format: Option<ImageFormat>,
     /// Writes fail with an I/O error status in the guest.
     #[serde(default)]
     pub readonly: bool,
@@ -67,10 +58,11 @@ impl std::str::FromStr for DiskConfig {
         };
         for option in parts {
             match option.split_once('=') {
-                Some(("format", "raw")) => disk.format = Some(DiskFormat::Raw),
-                Some(("format", "qcow2")) => disk.format = Some(DiskFormat::Qcow2),
-                Some(("format", other)) => {
-                    return Err(bad(format!("unknown format '{other}' (raw or qcow2)")))
+                Some(("format", name)) => {
+                    disk.format = Some(
+                        name.parse()
+                            .map_err(|_| bad(format!("unknown format '{name}' (raw or qcow2)")))?,
+                    )
                 }
                 Some(("serial", id)) => disk.serial = Some(id.to_string()),
                 Some(("id", id)) => disk.id = Some(id.to_string()),
@@ -126,7 +118,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.drive_id(3), "rootfs");
         assert_eq!(d.path, PathBuf::from("/img/root.qcow2"));
-        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        assert_eq!(d.format, Some(ImageFormat::Qcow2));
         assert!(d.readonly);
         assert_eq!(d.serial.as_deref(), Some("vol-1"));
         let plain: DiskConfig = "data.raw".parse().unwrap();
@@ -157,7 +149,14 @@ mod tests {
     fn json_form_matches() {
         let d: DiskConfig =
             serde_json::from_str(r#"{"path": "/a", "format": "raw", "readonly": true}"#).unwrap();
-        assert_eq!(d.format, Some(DiskFormat::Raw));
+        assert_eq!(d.format, Some(ImageFormat::Raw));
         assert!(serde_json::from_str::<DiskConfig>(r#"{"path": "/a", "ro": true}"#).is_err());
+        // Written back byte for byte as before the format type moved to
+        // the devices crate.
+        let d: DiskConfig = "/a,format=qcow2".parse().unwrap();
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"id":null,"path":"/a","format":"qcow2","readonly":false,"serial":null}"#
+        );
     }
 }

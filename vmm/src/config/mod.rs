@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 mod ami;
 mod disk;
+pub mod footprint;
 
 pub use ami::AmiLaunch;
-pub use disk::{DiskConfig, DiskFormat, MAX_DISK_SERIAL_LEN};
+pub use disk::{DiskConfig, MAX_DISK_SERIAL_LEN};
 
 /// Smallest guest memory we accept: below this even a tiny kernel with an
 /// initramfs cannot decompress and run.
@@ -328,16 +329,23 @@ impl VmConfig {
             (None, false) => return Err(ConfigError::MissingKernel),
             (Some(kernel), false) => kernel,
         };
-        let kernel_len = regular_file_len("kernel", kernel)?;
+        regular_file_len("kernel", kernel)?;
         let initrd_len = match &self.initrd {
             Some(path) => regular_file_len("initrd", path)?,
             None => 0,
         };
-        // The kernel is loaded at 1 MiB and decompresses/expands to a few
-        // times its file size; the initrd sits below the 32-bit MMIO hole.
-        // Demand room for both with a margin so the guest does not die
-        // mysteriously early.
-        let needed = 1 + (kernel_len * 3 + initrd_len).div_ceil(1 << 20) + 16;
+        // What the kernel really occupies (its loaded segments or its
+        // decompression buffer, not its file size), the initrd above it
+        // and room for the kernel's early allocations: a VM smaller than
+        // that would die mysteriously early.
+        let kernel_footprint = std::fs::File::open(kernel)
+            .and_then(|mut file| footprint::kernel_footprint(&mut file))
+            .map_err(|source| ConfigError::UnreadableFile {
+                what: "kernel",
+                path: kernel.clone(),
+                source,
+            })?;
+        let needed = footprint::memory_needed(kernel_footprint, initrd_len).div_ceil(1 << 20);
         if needed > self.memory_mib {
             return Err(ConfigError::MemoryTooSmall {
                 needed_mib: needed,
@@ -457,9 +465,40 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::BadCmdline(_))));
     }
 
+    /// A sparse file of `len` bytes starting with `head`.
+    fn sparse_file(head: &[u8], len: u64) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new();
+        f.file().write_all(head).unwrap();
+        f.file().set_len(len).unwrap();
+        f
+    }
+
+    #[test]
+    fn memory_check_counts_what_the_kernel_occupies_not_its_file_size() {
+        // Like Debian's vmlinux: a 45 MiB file (symbols, notes) whose
+        // loadable segments span 30 MiB from 1 MiB, with a 1 MiB initrd.
+        let elf = footprint::tests::synthetic_elf(&[(1, 1 << 20, 30 << 20)], 4096);
+        let k = sparse_file(&elf, 45 << 20);
+        let initrd = kernel_file(1 << 20);
+        let mut c = config(k.path());
+        c.initrd = Some(initrd.path().to_path_buf());
+        c.memory_mib = 128;
+        c.validate().unwrap();
+        c.memory_mib = 32;
+        match c.validate() {
+            Err(ConfigError::MemoryTooSmall {
+                needed_mib,
+                memory_mib: 32,
+            }) => assert_eq!(needed_mib, 31 + 1 + 16),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn rejects_memory_too_small_for_the_images() {
-        let k = kernel_file(20 << 20);
+        // Segments up to 100 MiB: fine in 128 MiB, not in 64.
+        let elf = footprint::tests::synthetic_elf(&[(1, 16 << 20, 84 << 20)], 4096);
+        let k = sparse_file(&elf, 4096);
         let mut c = config(k.path());
         c.memory_mib = 64;
         assert!(matches!(
@@ -467,6 +506,16 @@ mod tests {
             Err(ConfigError::MemoryTooSmall { .. })
         ));
         c.memory_mib = 128;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unrecognised_kernel_is_left_to_the_loader() {
+        // 20 MiB of zeros is no kernel: the loader's BadKernel error says
+        // so better than a guessed size would.
+        let k = kernel_file(20 << 20);
+        let mut c = config(k.path());
+        c.memory_mib = 32;
         c.validate().unwrap();
     }
 

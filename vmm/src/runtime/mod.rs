@@ -206,7 +206,11 @@ impl Vmm {
 impl MutEventSubscriber for Vmm {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let fd = events.fd();
-        if self.api.as_ref().is_some_and(|a| a.event().as_raw_fd() == fd) {
+        if self
+            .api
+            .as_ref()
+            .is_some_and(|a| a.event().as_raw_fd() == fd)
+        {
             self.serve_api();
         } else if events.event_set().contains(EventSet::IN) {
             // A power request or a vCPU stop: the VM's life is over.

@@ -161,12 +161,14 @@ impl VcpuHandle {
             return Ok(());
         }
         match &self.thread {
-            Some(thread) if !thread.is_finished() => thread
-                .kill(kick_signal())
-                .map_err(|source| VcpuControlError::Kick {
-                    index: self.index,
-                    source,
-                }),
+            Some(thread) if !thread.is_finished() => {
+                thread
+                    .kill(kick_signal())
+                    .map_err(|source| VcpuControlError::Kick {
+                        index: self.index,
+                        source,
+                    })
+            }
             _ => Ok(()),
         }
     }

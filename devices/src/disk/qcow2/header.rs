@@ -181,11 +181,12 @@ impl Header {
             match kind {
                 EXT_END => return Ok(()),
                 EXT_BACKING_FORMAT => {
-                    self.backing_format = Some(match data {
-                        b"raw" => ImageFormat::Raw,
-                        b"qcow2" => ImageFormat::Qcow2,
-                        _ => return Err(Qcow2Error::UnsupportedBackingFormat),
-                    })
+                    self.backing_format = Some(
+                        std::str::from_utf8(data)
+                            .ok()
+                            .and_then(|name| name.parse::<ImageFormat>().ok())
+                            .ok_or(Qcow2Error::UnsupportedBackingFormat)?,
+                    )
                 }
                 EXT_FULL_DISK_ENCRYPTION => return Err(Qcow2Error::Encrypted),
                 EXT_EXTERNAL_DATA_FILE => return Err(Qcow2Error::ExternalDataFile),
@@ -225,10 +226,7 @@ impl Header {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut ext = Vec::new();
         if let Some(fmt) = self.backing_format {
-            let name: &[u8] = match fmt {
-                ImageFormat::Raw => b"raw",
-                ImageFormat::Qcow2 => b"qcow2",
-            };
+            let name = fmt.as_str().as_bytes();
             ext.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
             ext.extend_from_slice(&(name.len() as u32).to_be_bytes());
             ext.extend_from_slice(name);

@@ -25,10 +25,10 @@ use super::metrics::BlockMetrics;
 use super::request::{self, Request, RequestType, Segment, DISCARD_SEGMENT_LEN};
 use super::{status, DEVICE_ID_LEN, SECTOR_SIZE};
 use crate::disk::{open_disk, DiskBackend, DiskError, ImageFormat, OpenError};
+use crate::guest_warn;
 use crate::virtio::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use crate::guest_warn;
 use crate::virtio::{
     device_type, ActivateError, DeviceEvents, GuestMemoryMmap, IrqTrigger, VirtioDevice,
     VIRTIO_MMIO_INT_VRING,

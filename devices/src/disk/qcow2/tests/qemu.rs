@@ -296,11 +296,7 @@ fn overlays_over_raw_and_qcow2_bases() {
             info.contains(&format!("\"backing-filename\": \"{}\"", s(base))),
             "{info}"
         );
-        let fmt = if format == ImageFormat::Raw {
-            "raw"
-        } else {
-            "qcow2"
-        };
+        let fmt = format.as_str();
         assert!(
             info.contains(&format!("\"backing-filename-format\": \"{fmt}\"")),
             "{info}"
