@@ -9,4 +9,5 @@ pub mod disk;
 pub mod fuzz;
 pub mod legacy;
 pub mod power;
+pub mod rate_limiter;
 pub mod virtio;
