@@ -23,6 +23,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use stratus_devices::legacy::i8042::I8042;
+use stratus_devices::legacy::power_button::PowerButton;
 use stratus_devices::legacy::serial::SerialDevice;
 use stratus_devices::power::{PowerRequest, PowerSignal};
 use vm_memory::GuestMemoryMmap;
@@ -78,6 +79,8 @@ pub struct VmParts {
     pub power: Arc<PowerSignal>,
     /// The keyboard controller (Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
+    /// The ACPI power button (Shutdown).
+    pub power_button: PowerButton,
     /// The effective configuration.
     pub config: VmConfig,
     /// When the VMM process started.
