@@ -453,9 +453,12 @@ impl Vm {
         VcpuHandle::install_kick_handler()?;
         let (stop_tx, vcpu_stops) = mpsc::channel();
         let vcpu_stopped = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?);
+        let first_run = Arc::new(OnceLock::new());
         let thread_config = VcpuThreadConfig {
             stopped: stop_tx,
             wake: vcpu_stopped.clone(),
+            start: self.start,
+            first_run: first_run.clone(),
         };
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
@@ -490,6 +493,7 @@ impl Vm {
             config: self.config,
             start: self.start,
             boot_time: self.platform.boot_time,
+            first_run,
         };
         Ok(Vmm::new(parts, api_inbox).run(api_server)?)
     }

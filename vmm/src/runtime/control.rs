@@ -200,6 +200,8 @@ impl Vmm {
             state: self.state,
             uptime_seconds: self.parts.start.elapsed().as_secs_f64(),
             boot_time_seconds: self.parts.boot_time.get().map(|d| d.as_secs_f64()),
+            first_kvm_run_seconds: self.parts.first_run.get().map(|f| f.wall.as_secs_f64()),
+            first_kvm_run_cpu_seconds: self.parts.first_run.get().map(|f| f.cpu.as_secs_f64()),
             pauses: self.pauses,
             console_bytes: self
                 .parts

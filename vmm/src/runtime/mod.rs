@@ -40,7 +40,7 @@ use crate::console::{ConsoleRing, StdinToSerial};
 use crate::device_manager::DeviceManager;
 use crate::device_thread::DeviceThread;
 use crate::outcome::VmOutcome;
-use crate::vcpu::{VcpuHandle, VcpuStop};
+use crate::vcpu::{FirstRun, VcpuHandle, VcpuStop};
 
 /// Errors of the running VMM.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,8 @@ pub struct VmParts {
     pub start: Instant,
     /// Set once by the boot timer.
     pub boot_time: Arc<OnceLock<Duration>>,
+    /// Set once by the boot vCPU before its first `KVM_RUN`.
+    pub first_run: Arc<OnceLock<FirstRun>>,
 }
 
 /// The event loop's state: the VM and its control.
