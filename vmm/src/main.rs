@@ -167,7 +167,15 @@ fn main() -> ExitCode {
     // soon as the process is up; a path already in use is a configuration
     // error (nothing was created).
     let api = match config.api_socket.as_deref().map(start_api).transpose() {
-        Ok(api) => api,
+        Ok(Some(api)) => {
+            log::info!(
+                "API socket ready after {:.3} ms ({:.3} CPU-ms)",
+                start.elapsed().as_secs_f64() * 1000.0,
+                stratus_vmm::vcpu::process_cpu_time().as_secs_f64() * 1000.0
+            );
+            Some(api)
+        }
+        Ok(None) => None,
         Err(e) => {
             eprintln!("stratus-vmm: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG);

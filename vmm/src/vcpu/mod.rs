@@ -26,7 +26,9 @@ use crate::arch::{cpuid, msr};
 use crate::coalesced::CoalescedRing;
 
 pub use stats::VcpuStats;
-pub use thread::{FirstRun, VcpuControlError, VcpuHandle, VcpuThreadConfig};
+pub use thread::{
+    process_cpu_time, FirstRun, VcpuControlError, VcpuHandle, VcpuThreadConfig,
+};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]

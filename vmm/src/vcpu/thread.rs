@@ -125,8 +125,8 @@ pub struct FirstRun {
     pub cpu: Duration,
 }
 
-/// CPU time this process has used so far.
-fn process_cpu_time() -> Duration {
+/// CPU time this process (all its threads) has used so far.
+pub fn process_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
