@@ -1,0 +1,428 @@
+//! Direct I/O: starting requests on the engine, completing them, and the
+//! ordering rules around them.
+//!
+//! Ordering:
+//! - A flush waits for every write started before it: it gets the last
+//!   write sequence number handed out and is only pushed (as fdatasync)
+//!   once no write with a number up to that one is in flight.
+//! - Before the backend changes anything synchronously (a write that needs
+//!   allocation or copy-on-write, discard, write-zeroes, a backend flush),
+//!   every request in flight is completed first: a direct route is only
+//!   valid while the metadata behind it stays put (a discarded cluster may
+//!   be reused for other data), and waiting for all is simpler to argue
+//!   than tracking overlaps, at the price of a stall on a rare path.
+//!   Synchronous *reads* change no metadata and need no wait: the guest
+//!   gets no ordering between requests it has in flight together.
+//! - Reset and drop wait until the kernel is done with every operation,
+//!   without touching the queue or guest memory for them.
+
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::device::Active;
+use super::engine::{Completion, Engine, Op};
+use super::inflight::{tag, untag, Kind, SlotTable, MAX_IOVECS};
+use super::iovec::{self, IovecError};
+use super::request::{Request, RequestType};
+use super::{status, Block};
+use crate::guest_warn;
+use crate::virtio::VIRTIO_MMIO_INT_VRING;
+
+/// Why a direct read or write was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StartError {
+    /// The buffers need more iovecs or slots than there are: use the
+    /// synchronous path.
+    Fragmented,
+    /// A buffer is outside guest memory (a malformed request).
+    BadAddress,
+    /// The backend's extents did not fit or the engine refused the
+    /// operation (an I/O error).
+    Failed,
+}
+
+impl From<IovecError> for StartError {
+    fn from(e: IovecError) -> Self {
+        match e {
+            IovecError::TooFragmented => StartError::Fragmented,
+            IovecError::BadAddress => StartError::BadAddress,
+            IovecError::Mismatch => StartError::Failed,
+        }
+    }
+}
+
+/// The engine and the requests it is working on.
+#[derive(Debug)]
+pub(super) struct Io {
+    pub engine: Engine,
+    pub table: SlotTable,
+    /// Sequence number of the last write started.
+    last_write_seq: u64,
+    /// Flushes waiting for earlier writes.
+    deferred_flushes: usize,
+    /// Reaped completions being processed (fixed capacity).
+    completions: Vec<Completion>,
+}
+
+impl Io {
+    pub fn new(engine: Engine, slots: usize) -> Self {
+        Self {
+            engine,
+            table: SlotTable::new(slots),
+            last_write_seq: 0,
+            deferred_flushes: 0,
+            completions: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Waits until the kernel has finished every operation, dropping the
+    /// results; requests never started are forgotten.
+    pub fn abandon(&mut self) {
+        for i in 0..self.table.slots() {
+            if self.table.get_mut(i).is_some_and(|s| s.pending == 0) {
+                self.table.release(i);
+            }
+        }
+        self.deferred_flushes = 0;
+        while self.table.in_use() > 0 {
+            self.completions.clear();
+            self.engine.reap(&mut self.completions);
+            for c in &self.completions {
+                let (i, _) = untag(c.user_data);
+                if let Some(slot) = self.table.get_mut(i) {
+                    slot.pending = slot.pending.saturating_sub(1);
+                    if slot.pending == 0 {
+                        self.table.release(i);
+                    }
+                }
+            }
+            if self.table.in_use() > 0 && self.completions.is_empty() {
+                wait(&mut self.engine);
+            }
+        }
+    }
+}
+
+/// Blocks until the engine has a completion. Giving up is not an option
+/// (the kernel may still write guest memory), so errors are retried.
+fn wait(engine: &mut Engine) {
+    if let Err(e) = engine.wait() {
+        log::error!("virtio-blk: waiting for I/O failed, retrying: {e}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Block {
+    /// Starts a read or write of `req` on the extents the backend gave for
+    /// file `fd`. On error nothing was started.
+    pub(super) fn start_rw(
+        &mut self,
+        a: &Active,
+        head: u16,
+        req: &Request,
+        fd: RawFd,
+    ) -> Result<(), StartError> {
+        let kind = match req.request_type {
+            RequestType::In => Kind::Read,
+            _ => Kind::Write,
+        };
+        let Io {
+            engine,
+            table,
+            last_write_seq,
+            ..
+        } = &mut self.io;
+        let i = table.alloc().ok_or(StartError::Fragmented)?;
+        let Some((slot, iovecs)) = table.with_iovecs(i) else {
+            return Err(StartError::Fragmented);
+        };
+        let built = iovec::build(
+            &a.mem,
+            &self.segments,
+            self.extents.as_slice(),
+            iovecs,
+            &mut slot.parts,
+        );
+        let nparts = match built {
+            Ok(n) => n,
+            Err(e) => {
+                table.release(i);
+                return Err(e.into());
+            }
+        };
+        slot.head = head;
+        slot.status_addr = req.status_addr;
+        slot.kind = kind;
+        slot.fd = fd;
+        slot.data_len = req.data_len;
+        slot.nparts = nparts;
+        if kind == Kind::Write {
+            *last_write_seq += 1;
+            slot.seq = *last_write_seq;
+        }
+        for p in 0..nparts {
+            let part = slot.parts[p];
+            let iov = iovecs[part.iov_start..].as_ptr();
+            // At most MAX_IOVECS.
+            let iovcnt = u32::try_from(part.iov_count.min(MAX_IOVECS)).unwrap_or(0);
+            let offset = part.file_offset;
+            let op = match kind {
+                Kind::Read => Op::Read {
+                    fd,
+                    iov,
+                    iovcnt,
+                    offset,
+                },
+                _ => Op::Write {
+                    fd,
+                    iov,
+                    iovcnt,
+                    offset,
+                },
+            };
+            // SAFETY: the iovecs live in the slot table, which is neither
+            // moved nor reused until this slot's completions are reaped;
+            // they point into guest memory that `Active::mem` keeps mapped,
+            // and reset and drop wait for every completion before letting
+            // go of it.
+            match unsafe { engine.push(op, tag(i, p)) } {
+                Ok(()) => slot.pending += 1,
+                Err(e) => {
+                    guest_warn!("virtio-blk: cannot queue I/O: {e}");
+                    slot.failed = true;
+                    break;
+                }
+            }
+        }
+        self.metrics.inflight_high_water = self
+            .metrics
+            .inflight_high_water
+            .max(self.io.table.in_use() as u64);
+        if self.io.table.get_mut(i).is_some_and(|s| s.pending == 0) {
+            self.io.table.release(i);
+            return Err(StartError::Failed);
+        }
+        Ok(())
+    }
+
+    /// Starts a flush answered by fdatasync of `fd`, once earlier writes
+    /// are done. Returns `false` if no slot was free (nothing started).
+    pub(super) fn start_flush(
+        &mut self,
+        a: &mut Active,
+        head: u16,
+        status_addr: GuestAddress,
+        fd: RawFd,
+    ) -> bool {
+        let Some(i) = self.io.table.alloc() else {
+            return false;
+        };
+        let last_write = self.io.last_write_seq;
+        if let Some(slot) = self.io.table.get_mut(i) {
+            slot.head = head;
+            slot.status_addr = status_addr;
+            slot.kind = Kind::Flush;
+            slot.fd = fd;
+            slot.seq = last_write;
+            slot.deferred = true;
+        }
+        self.io.deferred_flushes += 1;
+        self.metrics.inflight_high_water = self
+            .metrics
+            .inflight_high_water
+            .max(self.io.table.in_use() as u64);
+        self.push_ready_flushes(a);
+        true
+    }
+
+    /// Pushes every deferred flush whose earlier writes have completed;
+    /// returns how many were pushed.
+    fn push_ready_flushes(&mut self, a: &mut Active) -> usize {
+        if self.io.deferred_flushes == 0 {
+            return 0;
+        }
+        let mut oldest_write = u64::MAX;
+        for i in 0..self.io.table.slots() {
+            if let Some(s) = self.io.table.get_mut(i) {
+                if s.kind == Kind::Write {
+                    oldest_write = oldest_write.min(s.seq);
+                }
+            }
+        }
+        let mut pushed = 0;
+        for i in 0..self.io.table.slots() {
+            let Some(slot) = self.io.table.get_mut(i) else {
+                continue;
+            };
+            if !slot.deferred || slot.seq >= oldest_write {
+                continue;
+            }
+            slot.deferred = false;
+            self.io.deferred_flushes -= 1;
+            let op = Op::Fdatasync { fd: slot.fd };
+            // SAFETY: fdatasync references no memory.
+            match unsafe { self.io.engine.push(op, tag(i, 0)) } {
+                Ok(()) => {
+                    slot.pending = 1;
+                    pushed += 1;
+                }
+                Err(e) => {
+                    guest_warn!("virtio-blk: cannot queue a flush: {e}");
+                    slot.failed = true;
+                    self.finish(a, i);
+                }
+            }
+        }
+        pushed
+    }
+
+    /// Takes every completion the engine has and finishes the requests
+    /// they end; flushes that became ready are started.
+    pub(super) fn reap(&mut self, a: &mut Active) {
+        loop {
+            self.io.completions.clear();
+            self.io.engine.reap(&mut self.io.completions);
+            let reaped = self.io.completions.len();
+            for k in 0..reaped {
+                let c = self.io.completions[k];
+                self.on_completion(a, c);
+            }
+            let pushed = self.push_ready_flushes(a);
+            if pushed > 0 {
+                if let Err(e) = self.io.engine.submit() {
+                    log::error!("virtio-blk: io_uring submit failed: {e}");
+                }
+            }
+            if reaped == 0 && pushed == 0 {
+                break;
+            }
+        }
+    }
+
+    fn on_completion(&mut self, a: &mut Active, c: Completion) {
+        let (i, p) = untag(c.user_data);
+        let Some((slot, iovecs)) = self.io.table.with_iovecs(i) else {
+            log::error!("virtio-blk: completion for an idle slot {:#x}", c.user_data);
+            return;
+        };
+        slot.pending = slot.pending.saturating_sub(1);
+        if c.result < 0 {
+            let e = std::io::Error::from_raw_os_error(-c.result);
+            guest_warn!("virtio-blk: {:?} failed: {e}", slot.kind);
+            slot.failed = true;
+        } else if slot.kind != Kind::Flush && p < slot.nparts {
+            let part = slot.parts[p];
+            let done = c.result.unsigned_abs().into();
+            if done < part.len {
+                let own = &mut iovecs[part.iov_start..part.iov_start + part.iov_count];
+                let write = slot.kind == Kind::Write;
+                if let Err(e) = iovec::finish_short(write, slot.fd, own, part.file_offset, done) {
+                    guest_warn!("virtio-blk: {:?} failed: {e}", slot.kind);
+                    slot.failed = true;
+                }
+            }
+        }
+        if slot.pending == 0 {
+            self.finish(a, i);
+        }
+    }
+
+    /// Answers the request in slot `i` and frees the slot.
+    fn finish(&mut self, a: &mut Active, i: usize) {
+        let Some(slot) = self.io.table.get_mut(i).map(|s| *s) else {
+            return;
+        };
+        self.io.table.release(i);
+        let m = &mut self.metrics;
+        let (status, written) = match (slot.kind, slot.failed) {
+            (_, true) => {
+                m.io_errors += 1;
+                (status::IOERR, 0)
+            }
+            (Kind::Read, false) => {
+                m.reads += 1;
+                m.read_bytes += slot.data_len;
+                // parse() caps data_len below u32::MAX.
+                (status::OK, u32::try_from(slot.data_len).unwrap_or(0))
+            }
+            (Kind::Write, false) => {
+                m.writes += 1;
+                m.write_bytes += slot.data_len;
+                (status::OK, 0)
+            }
+            (Kind::Flush, false) => {
+                m.flushes += 1;
+                (status::OK, 0)
+            }
+        };
+        self.complete(a, slot.head, slot.status_addr, status, written);
+    }
+
+    /// Completes every request in flight, blocking until the engine is
+    /// done with them (see the module comment for when).
+    pub(super) fn complete_in_flight(&mut self, a: &mut Active) {
+        loop {
+            self.reap(a);
+            if self.io.table.in_use() == 0 {
+                return;
+            }
+            wait(&mut self.io.engine);
+        }
+    }
+
+    /// Writes the status byte and returns the chain to the driver; the
+    /// used length counts the bytes written into its buffers, status
+    /// included.
+    pub(super) fn complete(
+        &mut self,
+        a: &mut Active,
+        head: u16,
+        status_addr: GuestAddress,
+        status: u8,
+        written: u32,
+    ) {
+        if a.broken {
+            return;
+        }
+        let len = if a.mem.write_obj(status, status_addr).is_ok() {
+            written.saturating_add(1)
+        } else {
+            self.metrics.dropped_chains += 1;
+            0
+        };
+        self.add_used(a, head, len);
+    }
+
+    /// Returns a chain to the driver.
+    pub(super) fn add_used(&mut self, a: &mut Active, head: u16, len: u32) {
+        if a.broken {
+            return;
+        }
+        if a.queue.add_used(&a.mem, head, len).is_err() {
+            return self.queue_broken(a);
+        }
+        a.used = true;
+    }
+
+    /// Interrupts the driver for the chains used since the last call, if
+    /// it wants to be (EVENT_IDX): one interrupt per batch.
+    pub(super) fn signal_used(&mut self, a: &mut Active) {
+        if !std::mem::take(&mut a.used) {
+            return;
+        }
+        if a.queue.needs_notification(&a.mem).unwrap_or(true) {
+            a.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
+            self.metrics.interrupts += 1;
+        }
+    }
+
+    pub(super) fn queue_broken(&mut self, a: &mut Active) {
+        guest_warn!("virtio-blk: queue protocol violation, device needs reset");
+        self.metrics.queue_errors += 1;
+        a.broken = true;
+        a.interrupt.set_needs_reset();
+    }
+}
