@@ -10,4 +10,5 @@ pub mod fuzz;
 pub mod guest_log;
 pub mod legacy;
 pub mod power;
+pub mod rate_limiter;
 pub mod virtio;

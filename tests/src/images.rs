@@ -17,7 +17,7 @@ use crate::kernel::{self, Kernel};
 const TINY_INIT: &str = include_str!("../../guest-images/tiny/init");
 
 /// Bumped when the Rust side of an image build changes its output.
-const BUILDER_VERSION: &str = "1";
+const BUILDER_VERSION: &str = "2";
 
 /// Older builds of an image are removed once unused for this long.
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
@@ -84,7 +84,9 @@ fn build(name: &'static str, kernel: &Kernel, kernel_file: &Path) -> Result<Gues
     cache::prune_siblings(&dir, &format!("{name}-"), STALE_AFTER);
     let dir = cache::build_dir(&dir, |scratch| {
         link_or_copy(kernel_file, &scratch.join("kernel"))?;
-        busybox_initramfs(TINY_INIT)?.write_to(&scratch.join("initrd.cpio"))?;
+        let mut initramfs = busybox_initramfs(TINY_INIT)?;
+        add_virtio_modules(&mut initramfs, kernel)?;
+        initramfs.write_to(&scratch.join("initrd.cpio"))?;
         let info = format!(
             "image={name}\nkernel_package={}\nkernel_version={}\nkernel_release={}\nbusybox={busybox_version}\n",
             kernel.deb.name, kernel.deb.version, kernel.release
@@ -98,6 +100,29 @@ fn build(name: &'static str, kernel: &Kernel, kernel_file: &Path) -> Result<Gues
         initrd: dir.join("initrd.cpio"),
         kernel_release: kernel.release.clone(),
     })
+}
+
+/// The stock kernels build their virtio-mmio transport and device drivers
+/// as modules; tests that give the guest devices through
+/// `virtio_mmio.device=` load these (`stratus.modules=1` on the command
+/// line). They sit in the image whether used or not, so every boot of an
+/// image reads the same initramfs.
+pub const VIRTIO_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net"];
+
+fn add_virtio_modules(archive: &mut Archive, kernel: &Kernel) -> Result<()> {
+    let modules = kernel.modules_with_deps(VIRTIO_MODULES)?;
+    archive.dir("lib").dir("lib/stratus-modules");
+    let mut order = String::new();
+    for module in &modules {
+        archive.file(
+            &format!("lib/stratus-modules/{}.ko", module.name),
+            &module.file,
+        )?;
+        order.push_str(&module.name);
+        order.push('\n');
+    }
+    archive.bytes("lib/stratus-modules/order", order, 0o644);
+    Ok(())
 }
 
 /// A busybox initramfs with `init` as `/init`: busybox, a link for each of

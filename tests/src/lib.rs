@@ -26,6 +26,7 @@ pub mod images;
 pub mod kernel;
 pub mod script;
 pub mod vhost;
+pub mod vmm_api;
 pub mod vmms;
 pub mod workspace;
 

@@ -56,6 +56,17 @@ impl Boot {
         }
     }
 
+    /// `stratus-vmm` with command-line flags, its console to `serial`
+    /// (`stdout`, `file:PATH`) and `extra` flags after the rest.
+    pub fn stratus_vmm_with(&self, serial: &str, extra: &[&str]) -> Vec<String> {
+        let mut argv = self.stratus_vmm();
+        if let Some(pos) = argv.iter().position(|a| a == "--serial") {
+            argv[pos + 1] = serial.to_owned();
+        }
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
+        argv
+    }
+
     /// `stratus-vmm` with command-line flags.
     pub fn stratus_vmm(&self) -> Vec<String> {
         let mut argv: Vec<String> = [

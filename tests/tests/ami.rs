@@ -17,8 +17,14 @@
 //!
 //! so `a2` shows persistence across a clean shutdown (alpha) and isolation
 //! from B (not bravo), `b1` isolation from A (no marker), `b2` B's own
-//! persistence, `a3` persistence across the kill (charlie). Then every
-//! overlay goes through `qemu-img check` and the base through `sha256sum`.
+//! persistence, `a3` persistence across the kill (charlie).
+//!
+//! Then the same base as an AMI bundle (`--ami MANIFEST --instance-disk C`,
+//! the VMM creating overlay C on first launch), driven through the API:
+//! `c1` is shut down with the `Shutdown` action (the ACPI power button,
+//! handled by the guest's systemd-logind), `c2` gets `SendCtrlAltDel`
+//! (systemd reboots). Then every overlay goes through `qemu-img check` and
+//! the base through `sha256sum`.
 
 mod common;
 
@@ -33,7 +39,7 @@ use stratus_tests::cmd;
 use stratus_tests::debian_ami::{self, DebianAmi};
 use stratus_tests::script::Script;
 use stratus_tests::vhost::Outcome;
-use stratus_tests::workspace;
+use stratus_tests::{vmm_api, workspace};
 
 /// Per-boot limit. A nested AMI boot takes about a minute to
 /// `multi-user.target` under TCG, plus the hooks and the shutdown; a VMM
@@ -47,6 +53,10 @@ const MEMORY_MIB: u32 = 512;
 const BASE: &str = "/tmp/base.qcow2";
 const OVERLAY_A: &str = "/tmp/a.qcow2";
 const OVERLAY_B: &str = "/tmp/b.qcow2";
+/// The instance disk the VMM itself creates from the AMI bundle.
+const INSTANCE_C: &str = "/tmp/c.qcow2";
+/// The bundle's manifest, next to `BASE` so its image path stays inside.
+const MANIFEST: &str = "/tmp/manifest.json";
 
 static RUN: OnceLock<Option<Result<Outcome, String>>> = OnceLock::new();
 
@@ -106,7 +116,9 @@ fn outcome() -> Option<&'static Outcome> {
         let mut host = common::host("ami");
         host.binary("stratus-vmm", &vmm)
             .binary("qemu-img", &stratus_tests::vhost::which("qemu-img")?)
+            .binary("curl", &stratus_tests::vhost::which("curl")?)
             .disk_file("images/debian-ami/disk.qcow2", &ami.qcow2)
+            .file("images/debian-ami/manifest.json", &ami.manifest)
             // The base copy and two overlays live on the host's tmpfs.
             .memory_mib(3072);
 
@@ -164,12 +176,46 @@ fn outcome() -> Option<&'static Outcome> {
                 .stratus_vmm("stdout"),
         );
 
-        for (name, overlay) in [("check_a", OVERLAY_A), ("check_b", OVERLAY_B)] {
+        vmm_api::install(&mut script);
+        script.line(&format!(
+            "sed 's/\"disk.qcow2\"/\"base.qcow2\"/' images/debian-ami/manifest.json > {MANIFEST}"
+        ));
+        for (name, mode) in [("c1", "shutdown"), ("c2", "ctrl-alt-del")] {
+            let (sock, log) = (format!("/tmp/{name}.sock"), format!("/tmp/{name}.log"));
+            let vmm: Vec<String> = [
+                "stratus-vmm",
+                "--ami",
+                MANIFEST,
+                "--instance-disk",
+                INSTANCE_C,
+                "--vcpus",
+                "1",
+                "--memory",
+                &MEMORY_MIB.to_string(),
+                "--serial",
+                &format!("file:{log}"),
+                "--api-sock",
+                &sock,
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            script.case(
+                name,
+                BOOT_TIMEOUT_SECS + 240,
+                &vmm_api::argv(mode, &sock, &log, &vmm),
+            );
+        }
+
+        for (name, overlay) in [
+            ("check_a", OVERLAY_A),
+            ("check_b", OVERLAY_B),
+            ("check_c", INSTANCE_C),
+        ] {
             script.case(name, 120, &["qemu-img", "check", overlay]);
         }
         script.case("base_sha256", 300, &["sha256sum", BASE]);
         host.scenario(script.text());
-        host.timeout(Duration::from_secs(5 * BOOT_TIMEOUT_SECS + 1200));
+        host.timeout(Duration::from_secs(7 * BOOT_TIMEOUT_SECS + 480 + 1200));
         Ok(host)
     })
 }
@@ -344,7 +390,7 @@ fn overlays_on_one_base_are_isolated() {
 
 #[test]
 fn overlays_pass_qemu_img_check() {
-    for name in ["check_a", "check_b"] {
+    for name in ["check_a", "check_b", "check_c"] {
         let Some(c) = case(name) else { return };
         assert_eq!(c.exit, Some(CaseExit::Code(0)), "{}", c.describe());
         assert!(
@@ -371,5 +417,60 @@ fn base_image_is_unchanged() {
         "the base image changed ({} on this machine)\n{}",
         Path::new(&ami().qcow2).display(),
         c.describe()
+    );
+}
+
+/// The console a `vmm-api.sh` case printed, as one string.
+fn api_console(case: &CaseResult) -> String {
+    vmm_api::console(case).join("\n")
+}
+
+#[test]
+fn ami_launch_creates_the_instance_disk_and_boots() {
+    let Some(c1) = case("c1") else { return };
+    let console = api_console(&c1);
+    assert!(
+        console.contains(BOOTED),
+        "the AMI launched with --ami/--instance-disk did not reach multi-user.target\n{}",
+        c1.describe()
+    );
+    let Some(c2) = case("c2") else { return };
+    assert!(
+        api_console(&c2).contains(BOOTED),
+        "the second launch from the same instance disk did not boot\n{}",
+        c2.describe()
+    );
+}
+
+#[test]
+fn shutdown_action_powers_the_guest_off_cleanly() {
+    let Some(c1) = case("c1") else { return };
+    let shutdown = vmm_api::call(&c1, "shutdown")
+        .unwrap_or_else(|| panic!("the Shutdown action was never sent\n{}", c1.describe()));
+    assert_eq!(shutdown.status, 204, "{}", c1.describe());
+    assert_eq!(
+        vmm_api::vmm_exit(&c1),
+        Some(0),
+        "the guest did not power off after the power button\n{}",
+        c1.describe()
+    );
+    assert!(
+        c1.stdout.iter().any(|l| l == "SOCKET-REMOVED"),
+        "{}",
+        c1.describe()
+    );
+}
+
+#[test]
+fn send_ctrl_alt_del_makes_systemd_reboot() {
+    let Some(c2) = case("c2") else { return };
+    let cad = vmm_api::call(&c2, "ctrl_alt_del")
+        .unwrap_or_else(|| panic!("SendCtrlAltDel was never sent\n{}", c2.describe()));
+    assert_eq!(cad.status, 204, "{}", c2.describe());
+    assert_eq!(
+        vmm_api::vmm_exit(&c2),
+        Some(3),
+        "the guest did not reboot on Ctrl-Alt-Del\n{}",
+        c2.describe()
     );
 }

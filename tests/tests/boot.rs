@@ -2,9 +2,13 @@
 //! through its exit code, and rejects bad configurations.
 //!
 //! All checks share one virtual-host boot (see `common`); each test below
-//! asserts one user-visible behaviour of its own.
+//! asserts one user-visible behaviour of its own. The control API's checks
+//! (pause/resume, actions, rate limiters, metrics, console) share the same
+//! boot and live in `boot/control.rs`.
 
 mod common;
+#[path = "boot/control.rs"]
+mod control;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,7 +39,7 @@ fn images() -> &'static Images {
     })
 }
 
-fn outcome() -> Option<&'static Outcome> {
+pub(crate) fn outcome() -> Option<&'static Outcome> {
     common::shared_run(&RUN, || {
         let images = images();
         let vmm = workspace::stratus_vmm()?;
@@ -43,6 +47,7 @@ fn outcome() -> Option<&'static Outcome> {
         let debian61 = GuestFiles::of(&images.debian61);
         let mut host = common::host("boot");
         host.binary("stratus-vmm", &vmm)
+            .binary("curl", &stratus_tests::vhost::which("curl")?)
             .file(&tiny.kernel, &images.tiny.kernel)
             .file(&tiny.initrd, &images.tiny.initrd)
             .disk_file(&debian61.kernel, &images.debian61.kernel)
@@ -97,14 +102,22 @@ fn outcome() -> Option<&'static Outcome> {
             60,
             &Boot::new(&tiny, 0, 256, "").stratus_vmm(),
         );
+        script.case(
+            "memory_128m",
+            CASE_TIMEOUT_SECS,
+            &Boot::new(&tiny, 1, 128, "").stratus_vmm(),
+        );
+        control::add_cases(&mut script, &tiny);
         host.scenario(script.text());
         // Every case timing out, plus the host's own boot, fits in this.
-        host.timeout(Duration::from_secs(6 * CASE_TIMEOUT_SECS + 3 * 60 + 180));
+        host.timeout(Duration::from_secs(
+            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS + 3 * 60 + 180,
+        ));
         Ok(host)
     })
 }
 
-fn case(outcome: &Outcome, name: &str) -> CaseResult {
+pub(crate) fn case(outcome: &Outcome, name: &str) -> CaseResult {
     outcome
         .case(name)
         .unwrap_or_else(|| panic!("case {name} did not run; log {}", outcome.log.display()))
@@ -290,4 +303,12 @@ fn invalid_configuration_exits_2_with_an_error() {
     for name in ["missing_kernel", "zero_vcpus"] {
         assert_config_error(&case(outcome, name));
     }
+}
+
+#[test]
+fn debian_6_12_vmlinux_boots_in_128_mib() {
+    let Some(outcome) = outcome() else { return };
+    let case = case(outcome, "memory_128m");
+    assert_booted(&case, &images().tiny);
+    assert_eq!(case.exit, Some(CaseExit::Code(0)), "{}", case.describe());
 }

@@ -51,6 +51,8 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "e2fsprogs",
     "libc-bin",
+    // Scenarios drive the VMM's API socket with it.
+    "curl",
 ];
 
 /// Modules every virtual host loads: KVM for AMD (the emulated CPU is an
