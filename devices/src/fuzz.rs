@@ -75,6 +75,7 @@ pub fn block_requests(data: &[u8]) {
         } else {
             IoEngine::Sync
         },
+        rate_limiter: None,
     };
     let Ok(mut block) = Block::open(file.as_path(), Some(ImageFormat::Raw), options) else {
         return;

@@ -15,8 +15,10 @@ use super::engine::{Engine, IoEngine};
 use super::io::Io;
 use super::metrics::BlockMetrics;
 use super::request::Segment;
+use super::throttle::{Limiter, LimiterClock};
 use super::{DEVICE_ID_LEN, SECTOR_SIZE};
 use crate::disk::{open_disk, DiskBackend, Extents, ImageFormat, OpenError, MAX_EXTENTS};
+use crate::rate_limiter::{RateLimiterConfig, RateLimiterError};
 use crate::virtio::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
@@ -47,6 +49,9 @@ pub struct BlockOptions {
     pub serial: String,
     /// Which engine runs direct I/O; the default tries io_uring first.
     pub io_engine: IoEngine,
+    /// Bandwidth and ops limits; `None` for none (they can still be set
+    /// later with [`Block::set_rate_limiter`]).
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// Errors building a block device.
@@ -61,6 +66,9 @@ pub enum BlockError {
     /// [`IoEngine::IoUring`] was asked for and the host refused it.
     #[error("cannot set up io_uring: {0}")]
     IoUring(std::io::Error),
+    /// The rate limiter config was invalid or its timer unavailable.
+    #[error(transparent)]
+    RateLimiter(#[from] RateLimiterError),
 }
 
 /// What the device has while the driver runs it.
@@ -79,6 +87,9 @@ pub(super) struct Active {
     /// Draining stopped with requests left on the queue because every
     /// in-flight slot was busy; a completion resumes it.
     pub stalled: bool,
+    /// Draining stopped because the rate limiter refused a request; its
+    /// timer resumes it.
+    pub throttled: bool,
 }
 
 /// A virtio-blk device over one disk.
@@ -100,6 +111,7 @@ pub struct Block {
     pub(super) bounce: Vec<u8>,
     pub(super) segments: Vec<Segment>,
     pub(super) extents: Extents,
+    pub(super) rate_limiter: Option<Limiter>,
     pub(super) metrics: BlockMetrics,
 }
 
@@ -151,6 +163,11 @@ impl Block {
             capacity_sectors,
             engine.kind()
         );
+        let rate_limiter = options
+            .rate_limiter
+            .as_ref()
+            .map(|config| Limiter::with_clock(config, LimiterClock::default()))
+            .transpose()?;
         let metrics = BlockMetrics {
             io_uring: u64::from(engine.kind() == IoEngine::IoUring),
             ..BlockMetrics::default()
@@ -170,6 +187,7 @@ impl Block {
             bounce: vec![0; BOUNCE_LEN],
             segments: Vec::with_capacity(SEG_MAX as usize),
             extents: Extents::default(),
+            rate_limiter,
             metrics,
         })
     }
@@ -268,6 +286,7 @@ impl VirtioDevice for Block {
             broken: false,
             used: false,
             stalled: false,
+            throttled: false,
         });
         Ok(())
     }

@@ -3,10 +3,11 @@
 //! Until the driver activates the device, the handler watches only the
 //! activation eventfd: a queue notification before then has nothing to
 //! act on. When the transport signals an activation, the handler adds the
-//! queue eventfd and the engine's completion eventfd (io_uring only) and
-//! serves whatever the driver already queued; when it signals a reset, the
-//! handler removes them again (the reset itself already waited for the
-//! I/O in flight).
+//! queue eventfd, the engine's completion eventfd (io_uring only) and the
+//! rate limiter's timerfd (if any) and serves whatever the driver already
+//! queued; when it signals a reset, the handler removes them again (the
+//! reset itself already waited for the I/O in flight). New rate limits
+//! signal the same eventfd, so a limiter created live is watched too.
 //!
 //! The VMM shares the device with its MMIO transport as
 //! `Arc<Mutex<Block>>`; `event_manager` implements its subscriber traits
@@ -26,6 +27,7 @@ use crate::virtio::VirtioDevice;
 pub(super) struct Watching {
     queue: bool,
     completions: bool,
+    limiter: bool,
 }
 
 /// Adds or removes `fd` so that it is watched exactly when `want`.
@@ -46,22 +48,24 @@ fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &s
 }
 
 impl Block {
+    /// The activation eventfd fired: the transport activated or reset the
+    /// device, or new rate limits were set. Watches exactly what the
+    /// device needs now and serves what waits.
     fn on_activation_change(&mut self, ops: &mut EventOps) {
         let _ = self.events.activate.read();
         let active = self.is_activated();
         let queue_fd = self.events.queues[0].as_raw_fd();
         watch(ops, queue_fd, &mut self.watching.queue, active, "queue");
         if let Some(fd) = self.io.engine.completion_fd().map(AsRawFd::as_raw_fd) {
-            watch(
-                ops,
-                fd,
-                &mut self.watching.completions,
-                active,
-                "completion",
-            );
+            let watched = &mut self.watching.completions;
+            watch(ops, fd, watched, active, "completion");
+        }
+        if let Some(fd) = self.rate_limiter.as_ref().map(AsRawFd::as_raw_fd) {
+            watch(ops, fd, &mut self.watching.limiter, active, "rate limiter");
         }
         if active && self.watching.queue {
-            // Requests the driver queued before we listened.
+            // Requests the driver queued before we listened, or that the
+            // old limits held back.
             self.process_queue();
         }
     }
@@ -79,6 +83,8 @@ impl MutEventSubscriber for Block {
             self.handle_queue_event();
         } else if Some(fd) == self.io.engine.completion_fd().map(AsRawFd::as_raw_fd) {
             self.handle_completion_event();
+        } else if Some(fd) == self.rate_limiter.as_ref().map(AsRawFd::as_raw_fd) {
+            self.handle_rate_limiter_event();
         }
     }
 

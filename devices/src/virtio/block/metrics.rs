@@ -51,6 +51,9 @@ pub struct BlockMetrics {
     /// Times a drain stopped with requests left on the queue because every
     /// in-flight slot was busy.
     pub queue_full_stalls: u64,
+    /// Times the rate limiter held a request back (it stays on the queue
+    /// and is counted again if held back again).
+    pub rate_limited: u64,
     /// 1 when direct I/O runs on io_uring, 0 on the synchronous engine.
     pub io_uring: u64,
 }
@@ -78,6 +81,7 @@ impl BlockMetrics {
         out("sync_path_requests", self.sync_path_requests);
         out("inflight_high_water", self.inflight_high_water);
         out("queue_full_stalls", self.queue_full_stalls);
+        out("rate_limited", self.rate_limited);
         out("io_uring", self.io_uring);
     }
 }

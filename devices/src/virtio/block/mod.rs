@@ -60,6 +60,7 @@
 //! - `iovec.rs` turns guest buffers into iovecs and finishes short I/O;
 //! - `engine/` runs the operations: io_uring, or synchronously;
 //! - `sync_path.rs` serves what the backend must do itself, and GET_ID;
+//! - `throttle.rs` applies the rate limiter;
 //! - `config.rs` builds the config space;
 //! - `metrics.rs` counts what happened, including every rejected request;
 //! - `event_handler.rs` plugs the device into an `event-manager` loop.
@@ -77,6 +78,7 @@ mod request;
 mod sync_path;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 pub use device::{Block, BlockError, BlockOptions, QUEUE_SIZE, SEG_MAX};
 pub use engine::IoEngine;

@@ -96,6 +96,7 @@ impl Block {
 
     pub(super) fn drain(&mut self, a: &mut Active) {
         a.stalled = false;
+        a.throttled = false;
         'passes: for pass in 0.. {
             if pass == MAX_PASSES {
                 // Still busy: let other devices run, then come back.
@@ -129,7 +130,10 @@ impl Block {
                     SEG_MAX as usize,
                     self.capacity_sectors,
                 );
-                self.start_request(a, head, parsed);
+                if !self.start_request(a, head, parsed) {
+                    // Held back by the rate limiter; its timer resumes.
+                    break 'passes;
+                }
                 if a.broken {
                     break 'passes;
                 }
@@ -150,24 +154,31 @@ impl Block {
     }
 
     /// Answers or starts one parsed chain (its data segments are in
-    /// `self.segments`).
-    fn start_request(&mut self, a: &mut Active, head: u16, parsed: Parsed) {
+    /// `self.segments`); `false` if the rate limiter put it back.
+    fn start_request(&mut self, a: &mut Active, head: u16, parsed: Parsed) -> bool {
         let req = match parsed {
             Ok(req) => req,
             Err((e, Some(status_addr))) => {
                 log::debug!("virtio-blk: malformed request: {e}");
                 self.metrics.invalid_requests += 1;
-                return self.complete(a, head, status_addr, status::IOERR, 0);
+                self.complete(a, head, status_addr, status::IOERR, 0);
+                return true;
             }
             Err((e, None)) => {
                 log::debug!("virtio-blk: dropped chain: {e}");
                 self.metrics.dropped_chains += 1;
-                return self.add_used(a, head, 0);
+                self.add_used(a, head, 0);
+                return true;
             }
         };
+        if !self.admit(&req) {
+            self.hold_back(a);
+            return false;
+        }
         if let Outcome::Done(status, written) = self.dispatch(a, head, &req) {
             self.complete(a, head, req.status_addr, status, written);
         }
+        true
     }
 
     fn dispatch(&mut self, a: &mut Active, head: u16, req: &Request) -> Outcome {

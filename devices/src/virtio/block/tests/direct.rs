@@ -342,14 +342,7 @@ fn through_the_event_manager_with_io_uring() {
         em.run_with_timeout(10).unwrap();
     }
 
-    let mut h = Harness {
-        mem: &mem,
-        vq,
-        dev: mem_device(false), // unused: the transport drives `block`
-        irq: t.interrupt().clone(),
-        next_desc: 0,
-        qsize: QSIZE,
-    };
+    let mut h = Harness::driver(&mem, vq, t.interrupt().clone());
     for i in 0..8u64 {
         h.post(i, T_IN, i * 8, &[(DATA + i * 0x1000, 4096, W)]);
     }

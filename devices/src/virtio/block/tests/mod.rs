@@ -5,7 +5,8 @@
 //! - `direct.rs`: direct I/O on image files, through both engines;
 //! - `ordering.rs`: completion order, flushes, reset and drop with I/O in
 //!   flight, played out with held completions;
-//! - `qcow2.rs`: qcow2 overlays, whose writes mix both paths.
+//! - `qcow2.rs`: qcow2 overlays, whose writes mix both paths;
+//! - `throttle.rs`: the rate limiter holding requests back.
 
 #![allow(clippy::cast_possible_truncation)]
 
@@ -13,6 +14,7 @@ mod basic;
 mod direct;
 mod ordering;
 mod qcow2;
+mod throttle;
 
 use std::path::Path;
 
@@ -69,6 +71,7 @@ fn options(read_only: bool, io_engine: IoEngine) -> BlockOptions {
         read_only,
         serial: "vol-0123".into(),
         io_engine,
+        rate_limiter: None,
     }
 }
 
@@ -152,6 +155,23 @@ impl<'a> Harness<'a> {
             irq,
             next_desc: 0,
             qsize,
+        }
+    }
+
+    /// The driver side only, for a device that something else (a
+    /// transport, an event loop) drives; `dev` is a stand-in never used.
+    fn driver(
+        mem: &'a GuestMemoryMmap,
+        vq: MockSplitQueue<'a, GuestMemoryMmap>,
+        irq: IrqTrigger,
+    ) -> Self {
+        Self {
+            mem,
+            vq,
+            dev: mem_device(false),
+            irq,
+            next_desc: 0,
+            qsize: QSIZE,
         }
     }
 
