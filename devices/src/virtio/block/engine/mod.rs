@@ -145,7 +145,9 @@ impl Engine {
         }
     }
 
-    /// Starts everything queued (one `io_uring_enter`).
+    /// Starts everything queued (one `io_uring_enter`, none if nothing
+    /// is). Completions that happen during the call may not signal the
+    /// completion eventfd: reap after every submit.
     pub fn submit(&mut self) -> io::Result<()> {
         match self {
             Engine::Uring(u) => u.submit(),
