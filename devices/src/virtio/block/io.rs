@@ -110,7 +110,7 @@ impl Io {
 /// (the kernel may still write guest memory), so errors are retried.
 fn wait(engine: &mut Engine) {
     if let Err(e) = engine.wait() {
-        log::error!("virtio-blk: waiting for I/O failed, retrying: {e}");
+        guest_warn!("virtio-blk: waiting for I/O failed, retrying: {e}");
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -279,6 +279,16 @@ impl Block {
         pushed
     }
 
+    /// Starts what the engine has queued. On failure the operations stay
+    /// queued; the queue eventfd brings the device back to try again
+    /// rather than leave them waiting for the guest's next notification.
+    pub(super) fn submit(&mut self) {
+        if let Err(e) = self.io.engine.submit() {
+            guest_warn!("virtio-blk: io_uring submit failed, retrying: {e}");
+            let _ = self.events.queues[0].write(1);
+        }
+    }
+
     /// Takes every completion the engine has and finishes the requests
     /// they end; flushes that became ready are started.
     pub(super) fn reap(&mut self, a: &mut Active) {
@@ -292,9 +302,7 @@ impl Block {
             }
             let pushed = self.push_ready_flushes(a);
             if pushed > 0 {
-                if let Err(e) = self.io.engine.submit() {
-                    log::error!("virtio-blk: io_uring submit failed: {e}");
-                }
+                self.submit();
             }
             if reaped == 0 && pushed == 0 {
                 break;

@@ -147,10 +147,7 @@ impl Block {
                 }
             }
         }
-        if let Err(e) = self.io.engine.submit() {
-            // The operations stay queued and go with the next submit.
-            log::error!("virtio-blk: io_uring submit failed: {e}");
-        }
+        self.submit();
     }
 
     /// Answers or starts one parsed chain (its data segments are in
