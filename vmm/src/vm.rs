@@ -28,7 +28,7 @@ use stratus_devices::bus::Bus;
 use stratus_devices::disk::open_disk;
 use stratus_devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
 use stratus_devices::legacy::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
-use stratus_devices::legacy::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use stratus_devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use stratus_devices::legacy::serial::{
     SerialDevice, SerialOutput, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
 };
@@ -278,8 +278,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// COM1 (irqfd on its ISA line), the i8042 and ACPI power registers on
-    /// the port bus, the boot timer on the MMIO bus.
+    /// COM1 and the i8042 keyboard controller (irqfds on their ISA lines)
+    /// and the ACPI power registers on the port bus, the boot timer on the
+    /// MMIO bus.
     pub fn create(vm: &VmFd, config: &VmConfig, start: Instant) -> Result<Self, VmError> {
         let power = PowerSignal::new().map_err(VmError::EventFd)?;
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -291,10 +292,13 @@ impl Platform {
 
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN)?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(PowerTrigger::new(
-            power.clone(),
-            PowerRequest::Reset,
-        ))));
+        let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+            .map_err(kvm_err("KVM_IRQFD (i8042)"))?;
+        let i8042 = Arc::new(Mutex::new(I8042::with_interrupt(
+            PowerTrigger::new(power.clone(), PowerRequest::Reset),
+            kbd_irq,
+        )));
         pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
         let pm = AcpiPowerManagement::new(power.clone());
         pio.insert(

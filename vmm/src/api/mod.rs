@@ -86,7 +86,7 @@ pub struct DriveUpdate {
     pub path_on_host: Option<String>,
     /// The drive's new limits; an absent bucket means "unlimited".
     #[serde(default)]
-    pub rate_limiter: Option<serde_json::Value>,
+    pub rate_limiter: Option<stratus_devices::rate_limiter::RateLimiterConfig>,
 }
 
 /// A request from the API thread to the event loop.

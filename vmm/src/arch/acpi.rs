@@ -6,10 +6,16 @@
 //! (both served by `stratus_devices::legacy::acpi_pm`). The DSDT describes
 //! COM1, the `_S5_` sleep state and every virtio-mmio device as `LNRO0005`,
 //! so a stock distro kernel finds its devices without command-line help.
+//!
+//! Opt-in ([`PlatformDevices`]): the i8042 keyboard as `PNP0303`, so a
+//! kernel with `i8042` as a module autoloads it, and a power button. With
+//! no fixed-feature button on a hardware-reduced platform, the button is a
+//! Generic Event Device (`ACPI0013`) whose interrupt runs `_EVT`, which
+//! notifies the `PNP0C0C` button device.
 
 use acpi_tables::aml::{
-    self, Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope,
-    IO,
+    self, Arg, Device, EISAName, Equal, If, Interrupt, Memory32Fixed, Method, Name, Notify,
+    Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -24,6 +30,7 @@ use stratus_devices::legacy::acpi_pm::{
     ACPI_PM_PORT_BASE, RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET,
     SLEEP_STATUS_OFFSET,
 };
+use stratus_devices::legacy::i8042::{COMMAND_OFFSET, I8042_KBD_IRQ, I8042_PORT_BASE};
 use stratus_devices::legacy::serial::{COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -41,6 +48,13 @@ const COM1_IO_LEN: u8 = {
     assert!(COM1_PORT_LEN <= u8::MAX as u64);
     COM1_PORT_LEN as u8
 };
+#[allow(clippy::cast_possible_truncation)] // range asserted below
+const I8042_DATA_PORT: u16 = {
+    assert!(I8042_PORT_BASE + COMMAND_OFFSET <= u16::MAX as u64);
+    I8042_PORT_BASE as u16
+};
+#[allow(clippy::cast_possible_truncation)] // range asserted above
+const I8042_COMMAND_PORT: u16 = (I8042_PORT_BASE + COMMAND_OFFSET) as u16;
 #[allow(clippy::cast_possible_truncation)] // range asserted below
 const LAPIC_ADDR_32: u32 = {
     assert!(LAPIC_ADDR <= u32::MAX as u64);
@@ -61,6 +75,17 @@ const OEM_REVISION: u32 = 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_MSI_NOT_SUPPORTED: u16 = 1 << 3;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+/// "The motherboard contains an 8042": set with the keyboard. Linux only
+/// falls back to probing ports 0x60/0x64 directly (when it finds no
+/// `PNP0303`) if this is set.
+const IAPC_8042: u16 = 1 << 1;
+
+/// The IOAPIC's pins, which are GSIs 0..24 (MADT: one IOAPIC at GSI base 0).
+const IOAPIC_PINS: u32 = 24;
+/// GSIs 0–4 are the legacy ISA lines (PIT, keyboard, cascade, COM2, COM1).
+const LAST_LEGACY_GSI: u32 = 4;
+/// `Notify` value for a button press (ACPI: "button pressed").
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// A virtio-mmio device to describe in the DSDT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +107,24 @@ pub struct AcpiPlatform {
     pub mmio_devices: Vec<MmioDeviceInfo>,
 }
 
+/// Platform devices the DSDT describes only when asked, because describing
+/// a device makes the guest drive it: the VMM must wire its interrupt first.
+/// The default describes neither (the tables are then exactly those of
+/// [`write_tables`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlatformDevices {
+    /// Describe the i8042 keyboard (`PNP0303`: ports 0x60 and 0x64, IRQ 1)
+    /// and set the FADT's 8042 flag. Set it when the i8042 was built with
+    /// its IRQ-1 irqfd (`I8042::with_interrupt`). Default `false`.
+    pub keyboard: bool,
+    /// Describe the power button (GED `ACPI0013` + `PNP0C0C`) on this GSI —
+    /// normally `stratus_devices::legacy::power_button::POWER_BUTTON_GSI`,
+    /// with the `PowerButton`'s `EventFd` registered as an irqfd on it.
+    /// Must be above the legacy lines, below 24 and unused by virtio
+    /// devices. Default `None`.
+    pub power_button_gsi: Option<u32>,
+}
+
 /// Errors building or placing the tables.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -96,6 +139,11 @@ pub enum AcpiError {
     /// A device field does not fit the ACPI descriptor.
     #[error("virtio-mmio device at {0:#x} is outside the 32-bit address space")]
     DeviceAddress(u64),
+    /// The power button's GSI is legacy, beyond the IOAPIC, or taken.
+    #[error(
+        "GSI {0} cannot be the power button's: it must be 5..=23 and not used by a virtio device"
+    )]
+    PowerButtonGsi(u32),
     /// Guest memory rejected the write.
     #[error("failed to write ACPI tables to guest memory: {0}")]
     Write(#[from] vm_memory::GuestMemoryError),
@@ -108,7 +156,13 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
 }
 
 /// Builds the DSDT's AML body.
-pub fn dsdt_body(platform: &AcpiPlatform) -> Result<Vec<u8>, AcpiError> {
+pub fn dsdt_body(platform: &AcpiPlatform, devices: &PlatformDevices) -> Result<Vec<u8>, AcpiError> {
+    if let Some(gsi) = devices.power_button_gsi {
+        let taken = platform.mmio_devices.iter().any(|dev| dev.irq == gsi);
+        if gsi <= LAST_LEGACY_GSI || gsi >= IOAPIC_PINS || taken {
+            return Err(AcpiError::PowerButtonGsi(gsi));
+        }
+    }
     let mut body = Vec::new();
 
     // \_S5_: SLP_TYPa/SLP_TYPb for soft-off. Without it Linux cannot power
@@ -137,11 +191,68 @@ pub fn dsdt_body(platform: &AcpiPlatform) -> Result<Vec<u8>, AcpiError> {
     }
     let virtio_aml: Vec<Vec<u8>> = virtio_devices.iter().map(VirtioAml::to_bytes).collect();
     let virtio_raw: Vec<RawAml> = virtio_aml.iter().map(|b| RawAml(b)).collect();
+    let keyboard = devices.keyboard.then(keyboard_aml);
+    let power_button = devices.power_button_gsi.map(power_button_aml);
 
     let mut children: Vec<&dyn Aml> = vec![&com1];
+    let keyboard_raw = keyboard.as_deref().map(RawAml);
+    children.extend(keyboard_raw.as_ref().map(|r| r as &dyn Aml));
     children.extend(virtio_raw.iter().map(|r| r as &dyn Aml));
+    let power_button_raw = power_button.as_deref().map(RawAml);
+    children.extend(power_button_raw.as_ref().map(|r| r as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
     Ok(body)
+}
+
+/// `\_SB_.PS2K`: the i8042's keyboard port, which Linux's i8042 driver
+/// binds to by `PNP0303` (and udev autoloads it by the same id). The data
+/// and command ports must each be described with length 1, data first.
+fn keyboard_aml() -> Vec<u8> {
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0303"));
+    let data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let command = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    // Edge, active high: the ISA default, and how the i8042 model raises it.
+    let irq = Interrupt::new(true, true, false, false, I8042_KBD_IRQ);
+    let crs_template = ResourceTemplate::new(vec![&data, &command, &irq]);
+    let crs = Name::new(Path::new("_CRS"), &crs_template);
+    to_bytes(&Device::new(Path::new("PS2K"), vec![&hid, &crs]))
+}
+
+/// `\_SB_.GED0` and `\_SB_.PWRB`: the power button of a hardware-reduced
+/// platform.
+///
+/// The GED's one interrupt is edge-triggered, active high. The VMM presses
+/// the button by writing an irqfd once, which KVM delivers as a single edge
+/// (assert, then deassert). Linux's GED driver (evged) requests the
+/// interrupt as a threaded one-shot handler that evaluates `_EVT(gsi)`
+/// once per interrupt; as an edge, each write is exactly one `_EVT` run,
+/// and nothing has to lower the line afterwards. Level-triggered, the line
+/// would have no device register to acknowledge, and the pulse would rely on
+/// KVM's line state rather than mean "one press".
+///
+/// `_EVT` checks that the interrupt is the button's, then notifies `PWRB`
+/// with 0x80; the guest's ACPI button driver turns that into a power-key
+/// press, which systemd-logind (or acpid) handles as a clean shutdown.
+fn power_button_aml(gsi: u32) -> Vec<u8> {
+    let hid = Name::new(Path::new("_HID"), &"ACPI0013");
+    let uid = Name::new(Path::new("_UID"), &aml::ZERO);
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs_template = ResourceTemplate::new(vec![&irq]);
+    let crs = Name::new(Path::new("_CRS"), &crs_template);
+    let button = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&button, &NOTIFY_BUTTON_PRESSED);
+    let is_button = Equal::new(&Arg(0), &gsi);
+    let if_button = If::new(&is_button, vec![&notify]);
+    let evt = Method::new(Path::new("_EVT"), 1, false, vec![&if_button]);
+    let mut bytes = to_bytes(&Device::new(
+        Path::new("GED0"),
+        vec![&hid, &uid, &crs, &evt],
+    ));
+
+    let pwrb_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0C0C"));
+    let pwrb_uid = Name::new(Path::new("_UID"), &aml::ZERO);
+    Device::new(Path::new("PWRB"), vec![&pwrb_hid, &pwrb_uid]).to_aml_bytes(&mut bytes);
+    bytes
 }
 
 /// Already-serialized AML, so nested builders can be assembled in a loop.
@@ -178,13 +289,13 @@ impl VirtioAml {
     }
 }
 
-fn dsdt(platform: &AcpiPlatform) -> Result<Vec<u8>, AcpiError> {
+fn dsdt(platform: &AcpiPlatform, devices: &PlatformDevices) -> Result<Vec<u8>, AcpiError> {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    table.append_slice(&dsdt_body(platform)?);
+    table.append_slice(&dsdt_body(platform, devices)?);
     Ok(table.as_slice().to_vec())
 }
 
-fn fadt(dsdt_addr: u64) -> Vec<u8> {
+fn fadt(dsdt_addr: u64, devices: &PlatformDevices) -> Vec<u8> {
     let io_reg = |offset: u64| {
         GAS::new(
             AddressSpace::SystemIo,
@@ -200,8 +311,12 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    builder.iapc_boot_arch =
-        (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    let mut iapc_boot_arch =
+        IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT;
+    if devices.keyboard {
+        iapc_boot_arch |= IAPC_8042;
+    }
+    builder.iapc_boot_arch = iapc_boot_arch.into();
     builder.reset_reg = io_reg(RESET_OFFSET);
     builder.reset_value = RESET_VALUE;
     builder.sleep_control_reg = io_reg(SLEEP_CONTROL_OFFSET);
@@ -225,17 +340,27 @@ fn madt(vcpus: u8) -> Vec<u8> {
 }
 
 /// Builds every table and writes them at `ACPI_START`. Returns the RSDP's
-/// address, for the PVH start info and the zero page.
+/// address, for the PVH start info and the zero page. Describes no
+/// [`PlatformDevices`]; see [`write_tables_with`].
 pub fn write_tables(
     mem: &GuestMemoryMmap,
     platform: &AcpiPlatform,
 ) -> Result<GuestAddress, AcpiError> {
+    write_tables_with(mem, platform, &PlatformDevices::default())
+}
+
+/// [`write_tables`], also describing the opt-in `devices`.
+pub fn write_tables_with(
+    mem: &GuestMemoryMmap,
+    platform: &AcpiPlatform,
+    devices: &PlatformDevices,
+) -> Result<GuestAddress, AcpiError> {
     let align = |addr: u64| addr.next_multiple_of(16);
     let rsdp_addr = ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = dsdt(platform)?;
+    let dsdt = dsdt(platform, devices)?;
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
-    let fadt = fadt(dsdt_addr);
+    let fadt = fadt(dsdt_addr, devices);
     let madt_addr = align(fadt_addr + fadt.len() as u64);
     let madt = madt(platform.vcpus);
     let xsdt_addr = align(madt_addr + madt.len() as u64);
@@ -344,7 +469,7 @@ mod tests {
 
     #[test]
     fn dsdt_lists_com1_s5_and_each_virtio_device() {
-        let body = dsdt_body(&platform(1, 3)).unwrap();
+        let body = dsdt_body(&platform(1, 3), &PlatformDevices::default()).unwrap();
         let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_"));
         assert!(has(b"COM1"));
@@ -353,6 +478,142 @@ mod tests {
             assert!(has(name));
         }
         assert!(!has(b"V003"));
+        // Opt-in devices stay out by default.
+        for absent in [&b"PS2K"[..], b"GED0", b"PWRB", b"ACPI0013"] {
+            assert!(!has(absent));
+        }
+    }
+
+    const BOTH: PlatformDevices = PlatformDevices {
+        keyboard: true,
+        power_button_gsi: Some(23),
+    };
+
+    /// Whether `body` contains `needle` as one contiguous run.
+    fn contains(body: &[u8], needle: &[u8]) -> bool {
+        body.windows(needle.len()).any(|w| w == needle)
+    }
+
+    // The expected encodings below are derived by hand from the ACPI spec
+    // (ch. 6.4 resource descriptors, ch. 20 AML grammar), not from the
+    // builder, so they check what the guest will parse.
+
+    /// EISA id compression: three 5-bit letters (A = 1) and four hex
+    /// digits, stored big-endian. "PNP" = 10000 01110 10000 → 0x41D0.
+    const PNP0303: [u8; 5] = [0x0c, 0x41, 0xd0, 0x03, 0x03];
+    const PNP0C0C: [u8; 5] = [0x0c, 0x41, 0xd0, 0x0c, 0x0c];
+
+    #[test]
+    fn keyboard_is_pnp0303_on_ports_60_64_irq_1() {
+        let body = dsdt_body(&platform(1, 1), &BOTH).unwrap();
+        let mut expected = vec![0x5b, 0x82, 0x33]; // Device, PkgLength 51
+        expected.extend(b"PS2K");
+        expected.extend([0x08]); // Name
+        expected.extend(b"_HID");
+        expected.extend(PNP0303);
+        expected.extend([0x08]);
+        expected.extend(b"_CRS");
+        // Buffer, PkgLength 30, BufferSize 27.
+        expected.extend([0x11, 0x1e, 0x0a, 0x1b]);
+        // IO(Decode16, 0x60, 0x60, align 1, len 1), then 0x64.
+        expected.extend([0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01]);
+        expected.extend([0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x01, 0x01]);
+        // Extended IRQ: consumer, edge, active high, exclusive; one: GSI 1.
+        expected.extend([0x89, 0x06, 0x00, 0x03, 0x01, 0x01, 0x00, 0x00, 0x00]);
+        expected.extend([0x79, 0x00]); // End tag
+        assert_eq!(expected.len(), 3 + 50);
+        assert!(contains(&body, &expected));
+    }
+
+    #[test]
+    fn power_button_is_a_ged_notifying_pnp0c0c() {
+        let body = dsdt_body(&platform(1, 1), &BOTH).unwrap();
+        // Device, PkgLength 73 in two bytes (0x40 | low nibble, high bits).
+        let mut ged = vec![0x5b, 0x82, 0x49, 0x04];
+        ged.extend(b"GED0");
+        ged.extend([0x08]);
+        ged.extend(b"_HID");
+        ged.extend([0x0d]); // String
+        ged.extend(b"ACPI0013\0");
+        ged.extend([0x08]);
+        ged.extend(b"_UID");
+        ged.extend([0x00]); // Zero
+        ged.extend([0x08]);
+        ged.extend(b"_CRS");
+        ged.extend([0x11, 0x0e, 0x0a, 0x0b]); // Buffer, PkgLength 14, size 11
+                                              // Extended IRQ: consumer, edge, active high, exclusive; GSI 23.
+        ged.extend([0x89, 0x06, 0x00, 0x03, 0x01, 0x17, 0x00, 0x00, 0x00]);
+        ged.extend([0x79, 0x00]);
+        // Method(_EVT, 1 arg, not serialized), PkgLength 25.
+        ged.extend([0x14, 0x19]);
+        ged.extend(b"_EVT");
+        ged.extend([0x01]);
+        // If (PkgLength 18) (LEqual(Arg0, 23)) ...
+        ged.extend([0xa0, 0x12, 0x93, 0x68, 0x0a, 0x17]);
+        // ... Notify(\_SB_.PWRB, 0x80): root, dual name, byte 0x80.
+        ged.extend([0x86, b'\\', 0x2e]);
+        ged.extend(b"_SB_PWRB");
+        ged.extend([0x0a, 0x80]);
+        assert_eq!(ged.len(), 4 + 71);
+        assert!(contains(&body, &ged));
+
+        let mut pwrb = vec![0x5b, 0x82, 0x15]; // Device, PkgLength 21
+        pwrb.extend(b"PWRB");
+        pwrb.extend([0x08]);
+        pwrb.extend(b"_HID");
+        pwrb.extend(PNP0C0C);
+        pwrb.extend([0x08]);
+        pwrb.extend(b"_UID");
+        pwrb.extend([0x00]);
+        assert!(contains(&body, &pwrb));
+    }
+
+    #[test]
+    fn power_button_gsi_must_be_free() {
+        let with_gsi = |gsi| PlatformDevices {
+            keyboard: false,
+            power_button_gsi: Some(gsi),
+        };
+        let three_virtio = platform(1, 3); // GSIs 5, 6, 7
+        for bad in [0, 1, 4, 6, 24, u32::MAX] {
+            assert!(
+                matches!(
+                    dsdt_body(&three_virtio, &with_gsi(bad)),
+                    Err(AcpiError::PowerButtonGsi(gsi)) if gsi == bad
+                ),
+                "GSI {bad}"
+            );
+        }
+        for good in [8, 23] {
+            assert!(dsdt_body(&three_virtio, &with_gsi(good)).is_ok());
+        }
+    }
+
+    #[test]
+    fn tables_with_devices_stay_valid_and_flag_the_8042() {
+        for (devices, flag) in [(PlatformDevices::default(), 0), (BOTH, IAPC_8042)] {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let rsdp = write_tables_with(&mem, &platform(2, 4), &devices).unwrap();
+            let mut raw = [0u8; 36];
+            mem.read_slice(&mut raw, rsdp).unwrap();
+            let xsdt_addr = u64::from_le_bytes(raw[24..32].try_into().unwrap());
+            let xsdt = read_table(&mem, xsdt_addr);
+            assert!(checksum_ok(&xsdt));
+            let fadt_addr = u64::from_le_bytes(xsdt[36..44].try_into().unwrap());
+            let fadt = read_table(&mem, fadt_addr);
+            assert!(checksum_ok(&fadt));
+            // IAPC_BOOT_ARCH at offset 109: VGA, MSI and RTC absent as before.
+            let iapc = u16::from_le_bytes(fadt[109..111].try_into().unwrap());
+            assert_eq!(iapc, 0b10_1100 | flag);
+            let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+            let dsdt = read_table(&mem, x_dsdt);
+            assert!(checksum_ok(&dsdt));
+            assert_eq!(contains(&dsdt, &PNP0303), devices.keyboard);
+            assert_eq!(
+                contains(&dsdt, &PNP0C0C),
+                devices.power_button_gsi.is_some()
+            );
+        }
     }
 
     #[test]

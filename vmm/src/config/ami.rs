@@ -72,6 +72,7 @@ impl VmConfig {
                 format: Some(ImageFormat::Qcow2),
                 readonly: false,
                 serial: None,
+                rate_limiter: None,
             },
         );
         self.boot_from_disk = true;

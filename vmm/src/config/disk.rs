@@ -1,11 +1,14 @@
 //! One virtio-blk disk as given by
-//! `--disk PATH[,id=NAME][,format=raw|qcow2][,readonly][,serial=ID]`
-//! or the `disks` array of a JSON config.
+//! `--disk PATH[,id=NAME][,format=raw|qcow2][,readonly][,serial=ID][,bw=BYTES/S][,iops=N]`
+//! or the `disks` array of a JSON config (where `rate_limiter` takes
+//! Firecracker's full token-bucket form).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use stratus_devices::disk::ImageFormat;
+
+use stratus_devices::rate_limiter::RateLimiterConfig;
 
 use super::ConfigError;
 
@@ -34,6 +37,10 @@ pub struct DiskConfig {
     /// What the guest reads from `/sys/block/vdX/serial` (at most 20 bytes).
     #[serde(default)]
     pub serial: Option<String>,
+    /// Bandwidth and operations limits; unlimited when absent. Changeable
+    /// while the VM runs through `PATCH /drives/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -55,6 +62,15 @@ impl std::str::FromStr for DiskConfig {
             format: None,
             readonly: false,
             serial: None,
+            rate_limiter: None,
+        };
+        let (mut bw, mut iops) = (None, None);
+        let rate = |key: &str, value: &str| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| format!("{key} must be a positive integer, got '{value}'"))
         };
         for option in parts {
             match option.split_once('=') {
@@ -66,9 +82,14 @@ impl std::str::FromStr for DiskConfig {
                 }
                 Some(("serial", id)) => disk.serial = Some(id.to_string()),
                 Some(("id", id)) => disk.id = Some(id.to_string()),
+                Some(("bw", v)) => bw = Some(rate("bw", v).map_err(bad)?),
+                Some(("iops", v)) => iops = Some(rate("iops", v).map_err(bad)?),
                 None if option == "readonly" || option == "ro" => disk.readonly = true,
                 _ => return Err(bad(format!("unknown option '{option}'"))),
             }
+        }
+        if bw.is_some() || iops.is_some() {
+            disk.rate_limiter = Some(RateLimiterConfig::from_rates(bw, iops));
         }
         disk.validate_syntax().map_err(bad)?;
         Ok(disk)
@@ -83,6 +104,9 @@ impl DiskConfig {
 
     /// Checks what can be checked without touching the file.
     pub fn validate_syntax(&self) -> Result<(), String> {
+        if let Some(limits) = &self.rate_limiter {
+            limits.validate().map_err(|e| format!("rate_limiter: {e}"))?;
+        }
         if let Some(id) = &self.id {
             let valid = !id.is_empty()
                 && id.len() <= MAX_DRIVE_ID_LEN
@@ -123,6 +147,11 @@ mod tests {
         assert_eq!(d.serial.as_deref(), Some("vol-1"));
         let plain: DiskConfig = "data.raw".parse().unwrap();
         assert_eq!(plain.drive_id(3), "disk3");
+        assert_eq!(plain.rate_limiter, None);
+        let limited: DiskConfig = "d.raw,bw=1048576,iops=100".parse().unwrap();
+        let limits = limited.rate_limiter.unwrap();
+        assert_eq!(limits.bandwidth.map(|b| b.size), Some(1 << 20));
+        assert_eq!(limits.ops.map(|b| b.size), Some(100));
         assert_eq!(
             (plain.format, plain.readonly, plain.serial),
             (None, false, None)
@@ -140,6 +169,9 @@ mod tests {
             "a,serial=has space",
             "a,id=",
             "a,id=has/slash",
+            "a,bw=0",
+            "a,iops=-3",
+            "a,bw=fast",
         ] {
             assert!(spec.parse::<DiskConfig>().is_err(), "{spec}");
         }
@@ -151,6 +183,16 @@ mod tests {
             serde_json::from_str(r#"{"path": "/a", "format": "raw", "readonly": true}"#).unwrap();
         assert_eq!(d.format, Some(ImageFormat::Raw));
         assert!(serde_json::from_str::<DiskConfig>(r#"{"path": "/a", "ro": true}"#).is_err());
+        let limited: DiskConfig = serde_json::from_str(
+            r#"{"path": "/a", "rate_limiter": {"bandwidth": {"size": 100, "one_time_burst": 50, "refill_time": 10}}}"#,
+        )
+        .unwrap();
+        limited.validate_syntax().unwrap();
+        let broken: DiskConfig = serde_json::from_str(
+            r#"{"path": "/a", "rate_limiter": {"ops": {"size": 100, "refill_time": 0}}}"#,
+        )
+        .unwrap();
+        assert!(broken.validate_syntax().is_err());
         // Written back byte for byte as before the format type moved to
         // the devices crate.
         let d: DiskConfig = "/a,format=qcow2".parse().unwrap();

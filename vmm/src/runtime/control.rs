@@ -119,9 +119,13 @@ impl Vmm {
             )));
         }
         match action {
-            Action::SendCtrlAltDel => Err(ApiError::bad_request(
-                "SendCtrlAltDel is not available in this build yet",
-            )),
+            Action::SendCtrlAltDel => self
+                .parts
+                .i8042
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .trigger_ctrl_alt_del()
+                .map_err(|e| ApiError::conflict(format!("cannot send Ctrl-Alt-Del: {e}"))),
             Action::Shutdown => Err(ApiError::bad_request(
                 "Shutdown is not available in this build yet",
             )),
