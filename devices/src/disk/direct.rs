@@ -10,10 +10,12 @@
 //! does the work (allocation, copy-on-write, compressed or zero clusters,
 //! backing files, anything that has no fixed place in one file).
 //!
-//! A direct route only stays true while the backend's metadata does not
-//! change, so the device must not run a synchronous operation that can
-//! change it (a write, discard or write-zeroes through the backend) while
-//! direct I/O it was given is still in flight.
+//! A direct route names host clusters that are allocated; it stays true
+//! as long as none of them is freed (and so possibly reused for other
+//! data). Writes through the backend that only allocate, or write in
+//! place, free nothing; the backend says when one might
+//! ([`Route::Sync`]'s `frees`), and the device then finishes all direct
+//! I/O first, as it does before discard and write-zeroes.
 
 use std::os::unix::io::RawFd;
 
@@ -99,7 +101,17 @@ pub enum Route {
     /// file must give zeros (a short read is not an error).
     Direct(RawFd),
     /// Call the backend's `read_at`/`write_at` on the device thread.
-    Sync,
+    Sync {
+        /// The write may free host clusters (copy-on-write of a shared,
+        /// compressed or preallocated-zero cluster): direct I/O handed out
+        /// earlier may still be using them, so it must finish first.
+        frees: bool,
+    },
+}
+
+impl Route {
+    /// The synchronous path, freeing nothing.
+    pub const SYNC: Route = Route::Sync { frees: false };
 }
 
 #[cfg(test)]

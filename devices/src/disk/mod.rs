@@ -90,10 +90,12 @@ pub trait DiskBackend: Send + std::fmt::Debug {
 
     /// Where `[offset, offset + len)` lives, for I/O that bypasses this
     /// backend: fills `extents` and answers [`Route::Direct`], or answers
-    /// [`Route::Sync`] when only `read_at`/`write_at` can do it. A direct
-    /// route stays valid until the next `write_at`, `discard` or
-    /// `write_zeroes`; the caller must not start those while direct I/O
-    /// is in flight. The default sends everything down the sync path.
+    /// [`Route::Sync`] when only `read_at`/`write_at` can do it, saying
+    /// whether that write may free clusters. A direct route stays valid
+    /// until something frees its clusters: `discard`, `write_zeroes`, or
+    /// a write routed `Sync { frees: true }`; the caller must not start
+    /// those while direct I/O is in flight. The default sends everything
+    /// down the sync path and assumes the worst.
     fn route(
         &mut self,
         offset: u64,
@@ -101,8 +103,10 @@ pub trait DiskBackend: Send + std::fmt::Debug {
         access: Access,
         extents: &mut Extents,
     ) -> Result<Route, DiskError> {
-        let _ = (offset, len, access, extents);
-        Ok(Route::Sync)
+        let _ = (offset, len, extents);
+        Ok(Route::Sync {
+            frees: access == Access::Write,
+        })
     }
 
     /// A file whose `fdatasync` is all that [`Self::flush`] does, so the

@@ -77,7 +77,8 @@ impl DiskBackend for ProbedRaw {
         extents: &mut Extents,
     ) -> Result<Route, DiskError> {
         if access == Access::Write && offset < QCOW2_MAGIC.len() as u64 {
-            return Ok(Route::Sync);
+            // Written in place: nothing freed.
+            return Ok(Route::SYNC);
         }
         self.inner.route(offset, len, access, extents)
     }
@@ -117,7 +118,7 @@ mod tests {
         let raw = crate::disk::RawDisk::open(tmp.as_path(), false).unwrap();
         let mut d = ProbedRaw::new(Box::new(raw));
         let mut e = Extents::default();
-        assert_eq!(d.route(0, 512, Access::Write, &mut e).unwrap(), Route::Sync);
+        assert_eq!(d.route(0, 512, Access::Write, &mut e).unwrap(), Route::SYNC);
         assert!(matches!(
             d.route(0, 512, Access::Read, &mut e),
             Ok(Route::Direct(_))

@@ -81,7 +81,8 @@ impl DiskBackend for RawDisk {
         extents.clear();
         match self.storage.raw_fd() {
             Some(fd) if extents.push(offset, len) => Ok(Route::Direct(fd)),
-            _ => Ok(Route::Sync),
+            // No file (memory storage): written in place, nothing freed.
+            _ => Ok(Route::SYNC),
         }
     }
 
@@ -207,7 +208,7 @@ mod tests {
         let mut mem = RawDisk::new(Box::new(MemStorage::new(vec![0; 512], 512)), false).unwrap();
         assert_eq!(
             mem.route(0, 512, Access::Read, &mut e).unwrap(),
-            Route::Sync
+            Route::SYNC
         );
     }
 }

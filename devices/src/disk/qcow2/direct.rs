@@ -8,12 +8,27 @@
 //! (backing file or allocation), zero clusters, compressed clusters,
 //! shared clusters being written (copy-on-write). Looking a range up may
 //! load L2 tables into the cache, but never changes the image.
+//!
+//! A write on the synchronous path frees a cluster only where
+//! `write_piece` releases the old mapping: a shared data cluster, a zero
+//! cluster with a preallocation that is not ours, a compressed cluster.
+//! Allocating into unallocated or zero clusters and writing in place free
+//! nothing (the new clusters had refcount 0, so no direct I/O used them).
 
 use std::os::unix::io::RawFd;
 
 use super::entry::Mapping;
 use super::{pieces, Qcow2Disk};
 use crate::disk::{check_range, Access, DiskBackend, DiskError, Extents, Route};
+
+/// Whether replacing `m` in a write releases a host cluster.
+fn write_frees(m: Mapping) -> bool {
+    match m {
+        Mapping::Unallocated | Mapping::Data { copied: true, .. } => false,
+        Mapping::Zero { host, copied } => host != 0 && !copied,
+        Mapping::Data { copied: false, .. } | Mapping::Compressed { .. } => true,
+    }
+}
 
 impl Qcow2Disk {
     pub(super) fn direct_route(
@@ -28,28 +43,41 @@ impl Qcow2Disk {
             return Err(DiskError::ReadOnly);
         }
         extents.clear();
-        let Some(fd) = self.file.raw_fd() else {
-            return Ok(Route::Sync);
-        };
-        // A range this long never maps to MAX_EXTENTS clusters or fewer
-        // unless they are contiguous; usize holds any request length.
-        let Ok(len) = usize::try_from(len) else {
-            return Ok(Route::Sync);
-        };
+        let fd = self.file.raw_fd();
+        // Any request length fits a usize (64-bit hosts only).
+        let len = usize::try_from(len).map_err(|_| DiskError::OutOfRange {
+            offset,
+            len,
+            size: self.size(),
+        })?;
         let cs = self.cluster_size();
+        let mut direct = fd.is_some();
         for (pos, _, n) in pieces(cs, offset, len) {
-            let host = match (self.lookup(pos)?, access) {
-                (Mapping::Data { host, .. }, Access::Read) => host,
-                (Mapping::Data { host, copied: true }, Access::Write) => host,
-                _ => return Ok(Route::Sync),
+            let mapping = self.lookup(pos)?;
+            if access == Access::Write && write_frees(mapping) {
+                return Ok(Route::Sync { frees: true });
+            }
+            if !direct {
+                // Only looking for frees now.
+                if access == Access::Read {
+                    break;
+                }
+                continue;
+            }
+            let host = match (mapping, access) {
+                (Mapping::Data { host, .. }, Access::Read) => Some(host),
+                (Mapping::Data { host, copied: true }, Access::Write) => Some(host),
+                _ => None,
             };
             let in_cluster = pos & (cs - 1);
-            if !extents.push(host + in_cluster, n as u64) {
-                // Too fragmented for one request's worth of direct I/O.
-                return Ok(Route::Sync);
-            }
+            // Too fragmented for one request's worth of direct I/O, or not
+            // a plain data cluster: the rest goes through qcow2.
+            direct = host.is_some_and(|h| extents.push(h + in_cluster, n as u64));
         }
-        Ok(Route::Direct(fd))
+        match fd {
+            Some(fd) if direct => Ok(Route::Direct(fd)),
+            _ => Ok(Route::SYNC),
+        }
     }
 
     pub(super) fn direct_flush_fd(&self) -> Option<RawFd> {
@@ -80,11 +108,11 @@ mod tests {
         // Unallocated: reads (zeros here) and writes (allocation) need qcow2.
         assert_eq!(
             disk.route(0, 512, Access::Read, &mut e).unwrap(),
-            Route::Sync
+            Route::SYNC
         );
         assert_eq!(
             disk.route(0, 512, Access::Write, &mut e).unwrap(),
-            Route::Sync
+            Route::SYNC
         );
         // Allocate clusters 0, 1 and 3 (qcow2 puts the L2 table between
         // the first two in the file).
@@ -120,7 +148,7 @@ mod tests {
         // Cluster 2 is a hole between them.
         assert_eq!(
             disk.route(cs, 2 * cs, Access::Read, &mut e).unwrap(),
-            Route::Sync
+            Route::SYNC
         );
         assert!(disk.route(u64::MAX - 10, 20, Access::Read, &mut e).is_err());
         assert!(disk.flush_fd().is_some());
@@ -135,5 +163,24 @@ mod tests {
             Err(DiskError::ReadOnly)
         ));
         assert!(ro.flush_fd().is_none());
+    }
+
+    #[test]
+    fn only_writes_replacing_shared_or_compressed_clusters_free_any() {
+        let data = |copied| Mapping::Data {
+            host: 0x10000,
+            copied,
+        };
+        let zero = |host, copied| Mapping::Zero { host, copied };
+        assert!(!write_frees(Mapping::Unallocated));
+        assert!(!write_frees(data(true)));
+        assert!(write_frees(data(false)));
+        assert!(!write_frees(zero(0, false)));
+        assert!(!write_frees(zero(0x10000, true)));
+        assert!(write_frees(zero(0x10000, false)));
+        assert!(write_frees(Mapping::Compressed {
+            host: 0x10200,
+            sectors_len: 512
+        }));
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Slot {
     pub kind: Kind,
     pub fd: RawFd,
     pub data_len: u64,
+    /// Guest bytes `[start, start + data_len)` a read or write covers.
+    pub start: u64,
     /// Operations pushed and not yet completed.
     pub pending: usize,
     /// Some operation failed; answer IOERR.
@@ -62,6 +64,7 @@ impl Slot {
             kind: Kind::Flush,
             fd: -1,
             data_len: 0,
+            start: 0,
             pending: 0,
             failed: false,
             seq: 0,

@@ -5,14 +5,21 @@
 //! - A flush waits for every write started before it: it gets the last
 //!   write sequence number handed out and is only pushed (as fdatasync)
 //!   once no write with a number up to that one is in flight.
-//! - Before the backend changes anything synchronously (a write that needs
-//!   allocation or copy-on-write, discard, write-zeroes, a backend flush),
-//!   every request in flight is completed first: a direct route is only
-//!   valid while the metadata behind it stays put (a discarded cluster may
-//!   be reused for other data), and waiting for all is simpler to argue
-//!   than tracking overlaps, at the price of a stall on a rare path.
-//!   Synchronous *reads* change no metadata and need no wait: the guest
-//!   gets no ordering between requests it has in flight together.
+//! - A request on the synchronous path waits for every request in flight
+//!   when one of them covers the same guest bytes (so overlapping requests
+//!   take effect in the order the guest queued them, as they did when
+//!   everything was synchronous), and when the backend may free clusters
+//!   with it: a write the backend routes `Sync { frees: true }`
+//!   (copy-on-write of a shared or compressed cluster), and always before
+//!   discard and write-zeroes (and a backend flush, which must follow
+//!   earlier writes anyway). A direct route names allocated clusters,
+//!   valid until one is freed and perhaps reused for other data; freeing
+//!   is rare, so it simply drains everything. Writes that only
+//!   allocate (the common case on a fresh overlay) or write in place run
+//!   alongside direct I/O: a cluster they allocate had refcount 0, so no
+//!   direct I/O was using it, and the metadata they change (L2 tables,
+//!   refcounts) is never a direct target. They stay ordered and
+//!   crash-consistent among themselves as before, on the device thread.
 //! - Reset and drop wait until the kernel is done with every operation,
 //!   without touching the queue or guest memory for them.
 
@@ -27,7 +34,7 @@ use super::engine::{Completion, Engine, Op};
 use super::inflight::{tag, untag, Kind, SlotTable, MAX_IOVECS};
 use super::iovec::{self, IovecError};
 use super::request::{Request, RequestType};
-use super::{status, Block};
+use super::{status, Block, SECTOR_SIZE};
 use crate::guest_warn;
 use crate::virtio::VIRTIO_MMIO_INT_VRING;
 
@@ -76,6 +83,17 @@ impl Io {
             deferred_flushes: 0,
             completions: Vec::with_capacity(slots),
         }
+    }
+
+    /// Whether a read or write in flight touches guest bytes
+    /// `[start, start + len)`.
+    pub fn overlaps(&mut self, start: u64, len: u64) -> bool {
+        let end = start.saturating_add(len);
+        (0..self.table.slots()).any(|i| {
+            self.table.get_mut(i).is_some_and(|s| {
+                s.kind != Kind::Flush && s.start < end && start < s.start + s.data_len
+            })
+        })
     }
 
     /// Waits until the kernel has finished every operation, dropping the
@@ -158,6 +176,7 @@ impl Block {
         slot.kind = kind;
         slot.fd = fd;
         slot.data_len = req.data_len;
+        slot.start = req.sector * SECTOR_SIZE;
         slot.nparts = nparts;
         if kind == Kind::Write {
             *last_write_seq += 1;

@@ -37,13 +37,17 @@
 //! updates ordered and crash-consistent exactly as before (counted in
 //! `sync_path_requests`).
 //!
-//! Ordering:
+//! Ordering (argued in `io.rs`):
 //! - a flush is started (fdatasync through the ring, or the backend's
 //!   flush) only after every write started before it has completed;
-//! - before the backend changes anything synchronously, every request in
-//!   flight is completed, because a direct route is only valid while the
-//!   metadata behind it holds (a cluster freed by discard can be reused
-//!   for other data); synchronous reads change nothing and do not wait;
+//! - a request on the synchronous path first completes everything in
+//!   flight if a request in flight covers the same guest bytes, or if it
+//!   may free clusters (discard, write-zeroes, copy-on-write of a shared
+//!   or compressed cluster), since a direct route is only valid while its
+//!   clusters stay allocated; writes that merely allocate run alongside
+//!   direct I/O, and qcow2 metadata is still only changed on the device
+//!   thread, in the same order and with the same crash consistency as
+//!   before;
 //! - reset and drop wait until the kernel has finished every operation,
 //!   without answering them, so neither the old queue nor guest memory is
 //!   touched afterwards.

@@ -220,13 +220,14 @@ impl Block {
         }
         // parse() checked the sector range against the capacity.
         let offset = req.sector * SECTOR_SIZE;
-        match self
+        let route = self
             .disk
-            .route(offset, req.data_len, access, &mut self.extents)
-        {
+            .route(offset, req.data_len, access, &mut self.extents);
+        let frees = match route {
             Ok(Route::Direct(fd)) => match self.start_rw(a, head, req, fd) {
                 Ok(()) => return Outcome::InFlight,
-                Err(StartError::Fragmented) => {}
+                // Direct was possible, so it is written in place.
+                Err(StartError::Fragmented) => false,
                 Err(StartError::BadAddress) => {
                     self.metrics.invalid_requests += 1;
                     return Outcome::Done(status::IOERR, 0);
@@ -236,15 +237,15 @@ impl Block {
                     return Outcome::Done(status::IOERR, 0);
                 }
             },
-            Ok(Route::Sync) => {}
+            Ok(Route::Sync { frees }) => frees,
             Err(e) => {
                 guest_warn!("virtio-blk: {:?} failed: {e}", req.request_type);
                 self.metrics.io_errors += 1;
                 return Outcome::Done(status::IOERR, 0);
             }
-        }
-        if access == Access::Write {
-            // It may allocate or move clusters under direct I/O in flight.
+        };
+        // When the synchronous path must wait: see io.rs.
+        if frees || self.io.overlaps(offset, req.data_len) {
             self.complete_in_flight(a);
         }
         self.metrics.sync_path_requests += 1;

@@ -28,6 +28,7 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
 use crate::disk::{DiskBackend, MemStorage, RawDisk};
+use crate::virtio::block::engine::Engine;
 use crate::virtio::{GuestMemoryMmap, IrqTrigger, VirtioDevice};
 
 const DISK_LEN: usize = 1 << 20;
@@ -284,6 +285,31 @@ impl<'a> Harness<'a> {
         }
         out
     }
+}
+
+/// Makes the sync engine hold completions back (see `ordering.rs`).
+pub(super) fn hold(dev: &mut Block, on: bool) {
+    match &mut dev.io.engine {
+        Engine::Sync(s) => s.set_hold(on),
+        Engine::Uring(_) => panic!("not the sync engine"),
+    }
+}
+
+pub(super) fn held(dev: &Block) -> usize {
+    match &dev.io.engine {
+        Engine::Sync(s) => s.held(),
+        Engine::Uring(_) => 0,
+    }
+}
+
+/// Lets every held completion through and handles them as the event loop
+/// would.
+pub(super) fn release(dev: &mut Block) {
+    match &mut dev.io.engine {
+        Engine::Sync(s) => s.release_held(),
+        Engine::Uring(_) => {}
+    }
+    dev.handle_completion_event();
 }
 
 /// The disk's bytes as the backend has them now.

@@ -17,30 +17,6 @@ fn held_device(tmp: &TempFile) -> Block {
     dev
 }
 
-fn hold(dev: &mut Block, on: bool) {
-    match &mut dev.io.engine {
-        Engine::Sync(s) => s.set_hold(on),
-        Engine::Uring(_) => panic!("not the sync engine"),
-    }
-}
-
-fn held(dev: &Block) -> usize {
-    match &dev.io.engine {
-        Engine::Sync(s) => s.held(),
-        Engine::Uring(_) => 0,
-    }
-}
-
-/// Lets every held completion through and handles them as the event loop
-/// would.
-fn release(dev: &mut Block) {
-    match &mut dev.io.engine {
-        Engine::Sync(s) => s.release_held(),
-        Engine::Uring(_) => {}
-    }
-    dev.handle_completion_event();
-}
-
 #[test]
 fn requests_completing_out_of_order_are_answered_correctly() {
     let tmp = image_file();

@@ -152,3 +152,113 @@ fn overlay_writes_take_the_right_path_and_keep_the_image_valid() {
         );
     }
 }
+
+/// An overlay over `disk_bytes()` on the sync engine holding completions
+/// back, with cluster 0 already allocated.
+fn held_overlay(dir: &TempDir) -> Block {
+    let base = dir.as_path().join("base.raw");
+    let overlay = dir.as_path().join("overlay.qcow2");
+    std::fs::write(&base, disk_bytes()).unwrap();
+    Qcow2Disk::create_overlay(&overlay, &base, ImageFormat::Raw).unwrap();
+    let mut disk = Qcow2Disk::open(&overlay, false).unwrap();
+    disk.write_at(&[0x77; 512], 0).unwrap();
+    drop(disk);
+    let mut dev = Block::open(
+        &overlay,
+        Some(ImageFormat::Qcow2),
+        options(false, IoEngine::Sync),
+    )
+    .unwrap();
+    hold(&mut dev, true);
+    dev
+}
+
+#[test]
+fn allocating_writes_run_alongside_direct_io_unless_they_overlap() {
+    let dir = TempDir::new_with_prefix("/tmp/stratus-blk-qcow2-").unwrap();
+    let mem = memory();
+    let mut h = Harness::with_device(&mem, held_overlay(&dir), QSIZE, false, true);
+    let c = CLUSTER / 512;
+    // Direct, into the end of the allocated cluster 0; its completion is
+    // held.
+    let w1 = h.post(0, T_OUT, c - 8, &[(DATA, 4096, R)]);
+    // Allocates cluster 2: no overlap, frees nothing, so it does not wait.
+    let w2 = h.post(1, T_OUT, 2 * c, &[(DATA, 4096, R)]);
+    h.dev.process_queue();
+    assert_eq!(held(&h.dev), 1);
+    assert_eq!(h.used_idx(), 1);
+    assert_eq!(h.used(0).0, u32::from(w2));
+    assert_eq!(h.dev.metrics().sync_path_requests, 1);
+    // Spans cluster 0 and the unallocated cluster 1, overlapping w1: the
+    // synchronous write waits for w1.
+    let w3 = h.post(2, T_OUT, c - 16, &[(DATA, 16 * 1024, R)]);
+    h.dev.process_queue();
+    assert_eq!(h.used_idx(), 3);
+    assert_eq!(h.used(1).0, u32::from(w1));
+    assert_eq!(h.used(2).0, u32::from(w3));
+    assert_eq!(h.read_mem(STATUS, 3), [status::OK; 3]);
+    // The same for a read from the backing file that overlaps a direct
+    // write in flight.
+    // (cluster 2 was allocated by w2, cluster 3 is not).
+    let w4 = h.post(3, T_OUT, 3 * c - 8, &[(DATA, 4096, R)]);
+    let r = h.post(4, T_IN, 3 * c - 8, &[(DATA + 0x10_0000, 8192, W)]);
+    h.dev.process_queue();
+    assert_eq!(h.used_idx(), 5);
+    assert_eq!(h.used(3).0, u32::from(w4));
+    assert_eq!(h.used(4).0, u32::from(r));
+    assert_eq!(h.dev.metrics().sync_path_requests, 3);
+}
+
+#[test]
+fn writes_that_free_clusters_wait_for_all_direct_io() {
+    if !have_qemu_img() {
+        return;
+    }
+    // Every cluster of this image is compressed: overwriting one frees it.
+    let dir = TempDir::new_with_prefix("/tmp/stratus-blk-qcow2-").unwrap();
+    let raw = dir.as_path().join("src.raw");
+    let img = dir.as_path().join("compressed.qcow2");
+    std::fs::write(&raw, disk_bytes()).unwrap();
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    let mut dev = Block::open(
+        &img,
+        Some(ImageFormat::Qcow2),
+        options(false, IoEngine::Sync),
+    )
+    .unwrap();
+    hold(&mut dev, true);
+    let mem = memory();
+    let mut h = Harness::with_device(&mem, dev, QSIZE, false, true);
+    let c = CLUSTER / 512;
+    let mut want = disk_bytes();
+    // Copy-on-write of compressed cluster 0: synchronous.
+    write(&mut h, &mut want, 0, &[0x55; 4096]);
+    // Now direct (held), far from what comes next.
+    mem.write_slice(&[0x66; 4096], GuestAddress(DATA)).unwrap();
+    want[8192..12_288].fill(0x66);
+    let direct = h.post(0, T_OUT, 16, &[(DATA, 4096, R)]);
+    // Replaces compressed cluster 3: frees, so the direct write finishes
+    // first even though the ranges are apart.
+    mem.write_slice(&[0x77; 512], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    want[(3 * c * 512) as usize..(3 * c * 512) as usize + 512].fill(0x77);
+    let freeing = h.post(1, T_OUT, 3 * c, &[(DATA + 0x1000, 512, R)]);
+    let used = h.used_idx();
+    h.dev.process_queue();
+    assert_eq!(h.used_idx(), used + 2);
+    assert_eq!(h.used(used).0, u32::from(direct));
+    assert_eq!(h.used(used + 1).0, u32::from(freeing));
+    hold(&mut h.dev, false);
+    assert!(h.read_disk(DISK_LEN) == want);
+    drop(h);
+    qemu_img(&["check", img.to_str().unwrap()]);
+}
