@@ -59,7 +59,8 @@
 //! - `device.rs` holds [`Block`] and its [`crate::virtio::VirtioDevice`]
 //!   side: construction, config, activation, reset;
 //! - `queue.rs` drains the queue and sends each request its way;
-//! - `io.rs` starts direct I/O, completes it and keeps the ordering rules;
+//! - `io.rs` starts direct I/O and keeps the ordering rules;
+//! - `completion.rs` answers finished requests and interrupts the guest;
 //! - `inflight.rs` is the fixed table of requests in flight;
 //! - `iovec.rs` turns guest buffers into iovecs and finishes short I/O;
 //! - `engine/` runs the operations: io_uring, or synchronously;
@@ -69,6 +70,7 @@
 //! - `metrics.rs` counts what happened, including every rejected request;
 //! - `event_handler.rs` plugs the device into an `event-manager` loop.
 
+mod completion;
 mod config;
 mod device;
 mod engine;
