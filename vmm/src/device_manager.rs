@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use stratus_devices::bus::Bus;
+use stratus_devices::legacy::power_button::POWER_BUTTON_GSI;
 use stratus_devices::virtio::block::{Block, BlockOptions};
 use stratus_devices::virtio::mmio::{
     MmioTransport, TransportMetrics, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET,
@@ -29,8 +30,8 @@ use crate::layout::{virtio_mmio_addr, VIRTIO_MMIO_SIZE};
 /// use or reserve: PIT, keyboard, cascade, COM2, COM1).
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// One past the last GSI virtio devices may take: the in-kernel IOAPIC has
-/// 24 pins and the top one is kept for the platform (power button).
-const VIRTIO_GSI_END: u32 = 23;
+/// 24 pins and the top one is the power button's.
+const VIRTIO_GSI_END: u32 = POWER_BUTTON_GSI;
 
 // A device's registers must fit the window the layout reserves for it.
 const _: () = assert!(MMIO_REGION_SIZE <= VIRTIO_MMIO_SIZE);

@@ -29,6 +29,7 @@ use stratus_devices::disk::open_disk;
 use stratus_devices::legacy::acpi_pm::{AcpiPowerManagement, ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN};
 use stratus_devices::legacy::boot_timer::{BootTimer, BOOT_TIMER_ADDR, BOOT_TIMER_LEN};
 use stratus_devices::legacy::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
+use stratus_devices::legacy::power_button::{PowerButton, POWER_BUTTON_GSI};
 use stratus_devices::legacy::serial::{
     SerialDevice, SerialOutput, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
 };
@@ -38,7 +39,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::ami::{find_boot_files, DiskBoot, ReadAt};
 use crate::api::{ApiInbox, ApiServer};
-use crate::arch::acpi::{self, AcpiPlatform};
+use crate::arch::acpi::{self, AcpiPlatform, PlatformDevices};
 use crate::boot;
 use crate::coalesced::CoalescedRing;
 use crate::config::{DiskConfig, SerialTarget, VmConfig};
@@ -85,6 +86,9 @@ pub enum VmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The power button could not be created.
+    #[error(transparent)]
+    PowerButton(stratus_devices::legacy::power_button::PowerButtonError),
     /// A device could not be placed on a bus.
     #[error("cannot place a device: {0}")]
     Bus(#[from] stratus_devices::bus::BusError),
@@ -271,6 +275,8 @@ pub struct Platform {
     pub console: Arc<Mutex<ConsoleRing>>,
     /// The keyboard controller.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The ACPI power button (a GED interrupt on [`POWER_BUTTON_GSI`]).
+    pub power_button: PowerButton,
     /// Guest power requests.
     pub power: Arc<PowerSignal>,
     /// Set when the guest signals boot-complete.
@@ -300,6 +306,9 @@ impl Platform {
             kbd_irq,
         )));
         pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)?;
+        let power_button = PowerButton::new().map_err(VmError::PowerButton)?;
+        vm.register_irqfd(power_button.irq_evt(), POWER_BUTTON_GSI)
+            .map_err(kvm_err("KVM_IRQFD (power button)"))?;
         let pm = AcpiPowerManagement::new(power.clone());
         pio.insert(
             Arc::new(Mutex::new(pm)),
@@ -327,6 +336,7 @@ impl Platform {
             serial,
             console,
             i8042,
+            power_button,
             power,
             boot_time,
         })
@@ -393,7 +403,11 @@ impl Vm {
                 cmdline.push_str(&arg);
             }
         }
-        let rsdp = acpi::write_tables(&mem, &acpi_platform)?;
+        let legacy = PlatformDevices {
+            keyboard: true,
+            power_button_gsi: Some(POWER_BUTTON_GSI),
+        };
+        let rsdp = acpi::write_tables_with(&mem, &acpi_platform, &legacy)?;
         let boot_info = boot::load(
             &mem,
             &source.kernel,
@@ -439,9 +453,12 @@ impl Vm {
         VcpuHandle::install_kick_handler()?;
         let (stop_tx, vcpu_stops) = mpsc::channel();
         let vcpu_stopped = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?);
+        let first_run = Arc::new(OnceLock::new());
         let thread_config = VcpuThreadConfig {
             stopped: stop_tx,
             wake: vcpu_stopped.clone(),
+            start: self.start,
+            first_run: first_run.clone(),
         };
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
@@ -472,9 +489,11 @@ impl Vm {
             coalesced: self.coalesced,
             power: self.platform.power,
             i8042: self.platform.i8042,
+            power_button: self.platform.power_button,
             config: self.config,
             start: self.start,
             boot_time: self.platform.boot_time,
+            first_run,
         };
         Ok(Vmm::new(parts, api_inbox).run(api_server)?)
     }

@@ -241,9 +241,12 @@ fn a_spinning_vcpu_is_kicked_paused_resumed_and_joined() {
     let mem = vm._mem.clone();
     let counter = || mem.read_obj::<u16>(GuestAddress(COUNTER)).unwrap();
     let (stopped, stops) = std::sync::mpsc::channel();
+    let first_run = Arc::new(std::sync::OnceLock::new());
     let config = VcpuThreadConfig {
         stopped,
         wake: Arc::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+        start: std::time::Instant::now(),
+        first_run: first_run.clone(),
     };
     VcpuHandle::install_kick_handler().unwrap();
     let handle = VcpuHandle::spawn(vm.vcpu, config).unwrap();
@@ -258,6 +261,10 @@ fn a_spinning_vcpu_is_kicked_paused_resumed_and_joined() {
         }
     };
     wait_for_progress(0);
+    assert!(
+        first_run.get().is_some(),
+        "vCPU 0 records its first KVM_RUN"
+    );
 
     handle.request_pause().unwrap();
     handle.wait_paused().unwrap();

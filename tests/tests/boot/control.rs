@@ -85,8 +85,7 @@ fn session() -> Option<CaseResult> {
 }
 
 fn call(case: &CaseResult, label: &str) -> ApiCall {
-    vmm_api::call(case, label)
-        .unwrap_or_else(|| panic!("no API call {label}\n{}", case.describe()))
+    vmm_api::call(case, label).unwrap_or_else(|| panic!("no API call {label}\n{}", case.describe()))
 }
 
 fn json(call: &ApiCall) -> serde_json::Value {
@@ -174,7 +173,9 @@ fn metrics_in_prometheus_text_and_json() {
     assert!(text.contains(&"stratus_vmm_up 1"), "{}", case.describe());
     let pio_reads = text
         .iter()
-        .find_map(|l| l.strip_prefix("stratus_vmm_vcpu_exits_total{vcpu=\"0\",reason=\"pio_read\"} "))
+        .find_map(|l| {
+            l.strip_prefix("stratus_vmm_vcpu_exits_total{vcpu=\"0\",reason=\"pio_read\"} ")
+        })
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no pio_read exits\n{}", case.describe()));
     assert!(pio_reads > 0, "a console-printing guest reads COM1's LSR");
@@ -224,7 +225,11 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         case.describe()
     );
     assert_eq!(json(&call(&case, "describe_paused"))["state"], "Paused");
-    assert_eq!(call(&case, "pause_again").status, 204, "pausing is idempotent");
+    assert_eq!(
+        call(&case, "pause_again").status,
+        204,
+        "pausing is idempotent"
+    );
     assert_eq!(call(&case, "resume").status, 204, "{}", case.describe());
     let resumed: u64 = vmm_api::value(&case, "RESUME", "count")
         .and_then(|v| v.parse().ok())
@@ -303,7 +308,12 @@ fn reboot_action_resets_with_exit_code_3() {
 fn send_ctrl_alt_del_reaches_the_guest() {
     let Some(outcome) = outcome() else { return };
     let case = case(outcome, "ctrl_alt_del");
-    assert_eq!(call(&case, "ctrl_alt_del").status, 204, "{}", case.describe());
+    assert_eq!(
+        call(&case, "ctrl_alt_del").status,
+        204,
+        "{}",
+        case.describe()
+    );
     // The tiny guest leaves Ctrl-Alt-Del to the kernel, which restarts the
     // machine at once (through the i8042, reboot=k): the VMM exits 3.
     assert_eq!(vmm_api::vmm_exit(&case), Some(3), "{}", case.describe());
@@ -367,7 +377,12 @@ fn drive_rate_limits_hold_and_change_live() {
         phase_rate(&lines, "rate", 1, "mib", mib),
         BW_BEFORE,
     );
-    assert_eq!(call(&case, "patch_drive").status, 204, "{}", case.describe());
+    assert_eq!(
+        call(&case, "patch_drive").status,
+        204,
+        "{}",
+        case.describe()
+    );
     let bad = call(&case, "patch_bad_limiter");
     assert_eq!(bad.status, 400, "{}", case.describe());
     assert_eq!(call(&case, "patch_path").status, 400, "{}", case.describe());

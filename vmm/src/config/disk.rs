@@ -105,7 +105,9 @@ impl DiskConfig {
     /// Checks what can be checked without touching the file.
     pub fn validate_syntax(&self) -> Result<(), String> {
         if let Some(limits) = &self.rate_limiter {
-            limits.validate().map_err(|e| format!("rate_limiter: {e}"))?;
+            limits
+                .validate()
+                .map_err(|e| format!("rate_limiter: {e}"))?;
         }
         if let Some(id) = &self.id {
             let valid = !id.is_empty()

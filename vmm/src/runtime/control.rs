@@ -126,9 +126,13 @@ impl Vmm {
                 .unwrap_or_else(|p| p.into_inner())
                 .trigger_ctrl_alt_del()
                 .map_err(|e| ApiError::conflict(format!("cannot send Ctrl-Alt-Del: {e}"))),
-            Action::Shutdown => Err(ApiError::bad_request(
-                "Shutdown is not available in this build yet",
-            )),
+            Action::Shutdown => {
+                log::info!("power button pressed through the API");
+                self.parts
+                    .power_button
+                    .press()
+                    .map_err(|e| ApiError::internal(format!("cannot press the power button: {e}")))
+            }
             Action::Reboot => {
                 log::info!("reset requested through the API");
                 self.outcome = Some(VmOutcome::Reboot);
@@ -196,6 +200,8 @@ impl Vmm {
             state: self.state,
             uptime_seconds: self.parts.start.elapsed().as_secs_f64(),
             boot_time_seconds: self.parts.boot_time.get().map(|d| d.as_secs_f64()),
+            first_kvm_run_seconds: self.parts.first_run.get().map(|f| f.wall.as_secs_f64()),
+            first_kvm_run_cpu_seconds: self.parts.first_run.get().map(|f| f.cpu.as_secs_f64()),
             pauses: self.pauses,
             console_bytes: self
                 .parts

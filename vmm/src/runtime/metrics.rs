@@ -43,6 +43,10 @@ pub struct MetricsSnapshot {
     pub uptime_seconds: f64,
     /// Process start to the guest's boot-complete signal, once it came.
     pub boot_time_seconds: Option<f64>,
+    /// Process start to the boot vCPU's first `KVM_RUN`, wall time.
+    pub first_kvm_run_seconds: Option<f64>,
+    /// The process's CPU time until then.
+    pub first_kvm_run_cpu_seconds: Option<f64>,
     /// Times the VM was paused.
     pub pauses: u64,
     /// Bytes of serial output since start.
@@ -91,6 +95,24 @@ impl MetricsSnapshot {
             "Seconds since the VMM process started.",
             &plain(format!("{:.3}", self.uptime_seconds)),
         );
+        if let Some(wall) = self.first_kvm_run_seconds {
+            family(
+                &mut out,
+                "stratus_vmm_start_to_first_kvm_run_seconds",
+                "gauge",
+                "VMM process start to the boot vCPU's first KVM_RUN, wall time.",
+                &plain(format!("{wall:.6}")),
+            );
+        }
+        if let Some(cpu) = self.first_kvm_run_cpu_seconds {
+            family(
+                &mut out,
+                "stratus_vmm_start_to_first_kvm_run_cpu_seconds",
+                "gauge",
+                "CPU time the VMM process used until the boot vCPU's first KVM_RUN.",
+                &plain(format!("{cpu:.6}")),
+            );
+        }
         if let Some(boot) = self.boot_time_seconds {
             family(
                 &mut out,
@@ -186,6 +208,8 @@ mod tests {
             state: VmState::Running,
             uptime_seconds: 1.5,
             boot_time_seconds: Some(0.25),
+            first_kvm_run_seconds: Some(0.005),
+            first_kvm_run_cpu_seconds: Some(0.004),
             pauses: 2,
             console_bytes: 10,
             vcpus: vec![VcpuMetrics {

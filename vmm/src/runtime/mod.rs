@@ -23,6 +23,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
 use stratus_devices::legacy::i8042::I8042;
+use stratus_devices::legacy::power_button::PowerButton;
 use stratus_devices::legacy::serial::SerialDevice;
 use stratus_devices::power::{PowerRequest, PowerSignal};
 use vm_memory::GuestMemoryMmap;
@@ -39,7 +40,7 @@ use crate::console::{ConsoleRing, StdinToSerial};
 use crate::device_manager::DeviceManager;
 use crate::device_thread::DeviceThread;
 use crate::outcome::VmOutcome;
-use crate::vcpu::{VcpuHandle, VcpuStop};
+use crate::vcpu::{FirstRun, VcpuHandle, VcpuStop};
 
 /// Errors of the running VMM.
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +79,16 @@ pub struct VmParts {
     pub power: Arc<PowerSignal>,
     /// The keyboard controller (Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
+    /// The ACPI power button (Shutdown).
+    pub power_button: PowerButton,
     /// The effective configuration.
     pub config: VmConfig,
     /// When the VMM process started.
     pub start: Instant,
     /// Set once by the boot timer.
     pub boot_time: Arc<OnceLock<Duration>>,
+    /// Set once by the boot vCPU before its first `KVM_RUN`.
+    pub first_run: Arc<OnceLock<FirstRun>>,
 }
 
 /// The event loop's state: the VM and its control.

@@ -26,7 +26,7 @@ use crate::arch::{cpuid, msr};
 use crate::coalesced::CoalescedRing;
 
 pub use stats::VcpuStats;
-pub use thread::{VcpuControlError, VcpuHandle, VcpuThreadConfig};
+pub use thread::{FirstRun, VcpuControlError, VcpuHandle, VcpuThreadConfig};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]

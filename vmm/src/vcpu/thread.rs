@@ -16,8 +16,9 @@
 use std::cell::Cell;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
 use vmm_sys_util::eventfd::EventFd;
@@ -108,6 +109,37 @@ pub struct VcpuThreadConfig {
     pub stopped: Sender<(u8, VcpuStop)>,
     /// Signalled after each such report, to wake the event loop.
     pub wake: Arc<EventFd>,
+    /// When the VMM process started.
+    pub start: Instant,
+    /// Set by the boot vCPU just before its first `KVM_RUN`.
+    pub first_run: Arc<OnceLock<FirstRun>>,
+}
+
+/// How long the VMM took from process start to the boot vCPU's first
+/// `KVM_RUN`: Firecracker's "VMM start" figure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FirstRun {
+    /// Wall time.
+    pub wall: Duration,
+    /// CPU time of the whole process (every thread) until then.
+    pub cpu: Duration,
+}
+
+/// CPU time this process has used so far.
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if ret != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The event loop's end of one vCPU thread.
@@ -232,6 +264,19 @@ fn vcpu_thread(
 ) {
     let run: *mut kvm_run = vcpu.fd_mut().get_kvm_run();
     KVM_RUN.with(|cell| cell.set(run));
+    if vcpu.index() == 0 {
+        let first = FirstRun {
+            wall: config.start.elapsed(),
+            cpu: process_cpu_time(),
+        };
+        if config.first_run.set(first).is_ok() {
+            log::info!(
+                "first KVM_RUN after {:.3} ms ({:.3} CPU-ms)",
+                first.wall.as_secs_f64() * 1000.0,
+                first.cpu.as_secs_f64() * 1000.0
+            );
+        }
+    }
     loop {
         match vcpu.run_once() {
             VcpuRun::Continue => {}
