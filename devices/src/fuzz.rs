@@ -2,7 +2,7 @@
 //! without panicking, hanging or allocating without bound. A cargo-fuzz
 //! target only needs to call one of these.
 
-use crate::disk::{DiskBackend, MemStorage, Qcow2Disk};
+use crate::disk::{DiskBackend, ImageFormat, MemStorage, Qcow2Disk};
 
 /// Most a fuzzed image may grow while being written.
 const MAX_GROWTH: u64 = 16 << 20;
@@ -39,12 +39,14 @@ const FUZZ_DISK_LEN: usize = 64 * 1024;
 
 /// Runs the virtio-blk request path on a guest memory image built from
 /// `data`. Byte 0 picks options (bit 0 read-only, bit 1 EVENT_IDX, bits
-/// 2..5 the queue size exponent); the rest is guest memory, in which the
-/// descriptor table sits at 0, the avail ring at 0x1000 and the used ring
-/// at 0x2000, so the fuzzer controls every descriptor and ring entry.
+/// 2..5 the queue size exponent, bit 5 the io_uring engine instead of the
+/// synchronous one); the rest is guest memory, in which the descriptor
+/// table sits at 0, the avail ring at 0x1000 and the used ring at 0x2000,
+/// so the fuzzer controls every descriptor and ring entry. The disk is a
+/// raw image in a temporary file, so requests take the direct path: the
+/// iovecs into guest memory are built from fuzzed descriptors.
 pub fn block_requests(data: &[u8]) {
-    use crate::disk::RawDisk;
-    use crate::virtio::block::{Block, BlockOptions};
+    use crate::virtio::block::{Block, BlockOptions, IoEngine};
     use crate::virtio::{GuestMemoryMmap, VirtioDevice};
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
@@ -59,15 +61,23 @@ pub fn block_requests(data: &[u8]) {
     if mem.write_slice(&image[..n], GuestAddress(0)).is_err() {
         return;
     }
-    let storage = MemStorage::new(vec![0; FUZZ_DISK_LEN], FUZZ_DISK_LEN as u64);
-    let Ok(disk) = RawDisk::new(Box::new(storage), false) else {
+    let Ok(file) = vmm_sys_util::tempfile::TempFile::new() else {
         return;
     };
+    if file.as_file().set_len(FUZZ_DISK_LEN as u64).is_err() {
+        return;
+    }
     let options = BlockOptions {
         read_only: opts & 1 != 0,
         serial: "fuzz".into(),
+        io_engine: if opts & 0x20 != 0 {
+            IoEngine::Auto
+        } else {
+            IoEngine::Sync
+        },
+        rate_limiter: None,
     };
-    let Ok(mut block) = Block::new(Box::new(disk), options) else {
+    let Ok(mut block) = Block::open(file.as_path(), Some(ImageFormat::Raw), options) else {
         return;
     };
     block.ack_features(block.avail_features());
@@ -82,8 +92,10 @@ pub fn block_requests(data: &[u8]) {
     queue.set_ready(true);
     if block.activate(mem, vec![queue]).is_ok() {
         // Twice: the second pass sees the used ring the first one wrote.
-        block.process_queue();
-        block.process_queue();
+        for _ in 0..2 {
+            block.process_queue();
+            block.complete_pending();
+        }
     }
 }
 
@@ -104,7 +116,7 @@ mod tests {
                 x ^= x << 17;
                 *b = x.to_le_bytes()[0];
             }
-            data[0] = round;
+            data[0] = round | if round % 2 == 0 { 0x20 } else { 0 };
             // Plausible ring indices so chains are actually walked.
             data[1 + 0x1002] = round % 5;
             data[1 + 0x1003] = 0;

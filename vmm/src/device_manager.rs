@@ -183,6 +183,7 @@ impl DeviceManager {
             let options = BlockOptions {
                 read_only: disk.readonly,
                 serial: disk.serial.clone().unwrap_or_default(),
+                ..BlockOptions::default()
             };
             let block = Block::open(&disk.path, disk.format, options).map_err(|source| {
                 DeviceError::Block {

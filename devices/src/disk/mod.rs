@@ -6,6 +6,12 @@
 //! needed. Backends reach their bytes through [`Storage`], which is a host
 //! file in production and memory in tests and fuzzing.
 //!
+//! Besides that synchronous interface, a backend can hand out *direct
+//! routes* ([`DiskBackend::route`], see `direct.rs`): the host extents of
+//! a range, so the block device can move data between guest memory and
+//! the file itself, asynchronously, while the backend keeps every decision
+//! that touches metadata.
+//!
 //! Casts: disk code converts u64 file offsets and lengths to `usize`
 //! buffer indices all the time. Stratus only builds for 64-bit hosts
 //! (asserted below), where those casts are lossless, so the truncation
@@ -13,13 +19,16 @@
 //! values masked or bounded right before them.
 #![allow(clippy::cast_possible_truncation)]
 
+pub mod direct;
 pub mod probed;
 pub mod qcow2;
 pub mod raw;
 pub mod storage;
 
+use std::os::unix::io::RawFd;
 use std::path::Path;
 
+pub use direct::{Access, Extent, Extents, Route, MAX_EXTENTS};
 pub use qcow2::{Qcow2Disk, Qcow2Error};
 pub use raw::RawDisk;
 pub use storage::{MemStorage, Storage};
@@ -78,6 +87,33 @@ pub trait DiskBackend: Send + std::fmt::Debug {
 
     /// Makes every completed write durable (data on stable storage).
     fn flush(&mut self) -> Result<(), DiskError>;
+
+    /// Where `[offset, offset + len)` lives, for I/O that bypasses this
+    /// backend: fills `extents` and answers [`Route::Direct`], or answers
+    /// [`Route::Sync`] when only `read_at`/`write_at` can do it, saying
+    /// whether that write may free clusters. A direct route stays valid
+    /// until something frees its clusters: `discard`, `write_zeroes`, or
+    /// a write routed `Sync { frees: true }`; the caller must not start
+    /// those while direct I/O is in flight. The default sends everything
+    /// down the sync path and assumes the worst.
+    fn route(
+        &mut self,
+        offset: u64,
+        len: u64,
+        access: Access,
+        extents: &mut Extents,
+    ) -> Result<Route, DiskError> {
+        let _ = (offset, len, extents);
+        Ok(Route::Sync {
+            frees: access == Access::Write,
+        })
+    }
+
+    /// A file whose `fdatasync` is all that [`Self::flush`] does, so the
+    /// caller may run it off its thread; `None` means call `flush`.
+    fn flush_fd(&self) -> Option<RawFd> {
+        None
+    }
 
     /// Hints that a range is no longer used. Afterwards it reads as zeros
     /// or as its old contents; backends that cannot free space do nothing.
@@ -224,6 +260,18 @@ impl DiskBackend for Box<dyn DiskBackend> {
     }
     fn flush(&mut self) -> Result<(), DiskError> {
         (**self).flush()
+    }
+    fn route(
+        &mut self,
+        offset: u64,
+        len: u64,
+        access: Access,
+        extents: &mut Extents,
+    ) -> Result<Route, DiskError> {
+        (**self).route(offset, len, access, extents)
+    }
+    fn flush_fd(&self) -> Option<RawFd> {
+        (**self).flush_fd()
     }
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         (**self).discard(offset, len)

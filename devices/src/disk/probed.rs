@@ -7,7 +7,9 @@
 //! put the qcow2 magic at offset 0 of a probed raw disk are refused (the
 //! guest sees an I/O error); everything else passes through.
 
-use super::{DiskBackend, DiskError};
+use std::os::unix::io::RawFd;
+
+use super::{Access, DiskBackend, DiskError, Extents, Route};
 
 /// The qcow2 magic, "QFI\xfb".
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -65,6 +67,26 @@ impl DiskBackend for ProbedRaw {
         self.inner.flush()
     }
 
+    /// Writes that reach the magic's bytes must be checked by `write_at`,
+    /// so they never go direct; everything else is the inner disk's call.
+    fn route(
+        &mut self,
+        offset: u64,
+        len: u64,
+        access: Access,
+        extents: &mut Extents,
+    ) -> Result<Route, DiskError> {
+        if access == Access::Write && offset < QCOW2_MAGIC.len() as u64 {
+            // Written in place: nothing freed.
+            return Ok(Route::SYNC);
+        }
+        self.inner.route(offset, len, access, extents)
+    }
+
+    fn flush_fd(&self) -> Option<RawFd> {
+        self.inner.flush_fd()
+    }
+
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
         self.inner.discard(offset, len)
     }
@@ -87,5 +109,24 @@ mod tests {
         assert!(!writes_qcow2_magic(b"\x7fELF", 0));
         assert!(!writes_qcow2_magic(b"", 0));
         assert!(!writes_qcow2_magic(b"QFI\xfb", u64::MAX));
+    }
+
+    #[test]
+    fn writes_over_the_magic_never_go_direct() {
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        tmp.as_file().set_len(4096).unwrap();
+        let raw = crate::disk::RawDisk::open(tmp.as_path(), false).unwrap();
+        let mut d = ProbedRaw::new(Box::new(raw));
+        let mut e = Extents::default();
+        assert_eq!(d.route(0, 512, Access::Write, &mut e).unwrap(), Route::SYNC);
+        assert!(matches!(
+            d.route(0, 512, Access::Read, &mut e),
+            Ok(Route::Direct(_))
+        ));
+        assert!(matches!(
+            d.route(512, 512, Access::Write, &mut e),
+            Ok(Route::Direct(_))
+        ));
+        assert!(d.flush_fd().is_some());
     }
 }

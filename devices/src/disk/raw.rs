@@ -1,9 +1,10 @@
 //! Raw disk images: virtual offset = file offset.
 
 use std::fs::OpenOptions;
+use std::os::unix::io::RawFd;
 use std::path::Path;
 
-use super::{check_range, DiskBackend, DiskError, Storage};
+use super::{check_range, Access, DiskBackend, DiskError, Extents, Route, Storage};
 
 /// A raw image file (or any [`Storage`]) used as a disk as-is.
 #[derive(Debug)]
@@ -62,6 +63,36 @@ impl DiskBackend for RawDisk {
             self.storage.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Virtual offset = file offset: one extent, whenever the bytes are
+    /// in a real file.
+    fn route(
+        &mut self,
+        offset: u64,
+        len: u64,
+        access: Access,
+        extents: &mut Extents,
+    ) -> Result<Route, DiskError> {
+        check_range(offset, len, self.size)?;
+        if access == Access::Write && self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        extents.clear();
+        match self.storage.raw_fd() {
+            Some(fd) if extents.push(offset, len) => Ok(Route::Direct(fd)),
+            // No file (memory storage): written in place, nothing freed.
+            _ => Ok(Route::SYNC),
+        }
+    }
+
+    fn flush_fd(&self) -> Option<RawFd> {
+        // Nothing to make durable on a read-only disk: let flush() say so.
+        if self.read_only {
+            None
+        } else {
+            self.storage.raw_fd()
+        }
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {
@@ -144,5 +175,40 @@ mod tests {
         let mut d = RawDisk::open(tmp.as_path(), false).unwrap();
         d.write_at(&[1], 0).unwrap();
         d.flush().unwrap();
+    }
+
+    #[test]
+    fn routes_files_directly_and_memory_through_the_backend() {
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        tmp.as_file().set_len(8192).unwrap();
+        let mut e = Extents::default();
+        let mut d = RawDisk::open(tmp.as_path(), false).unwrap();
+        assert!(matches!(
+            d.route(4096, 512, Access::Write, &mut e),
+            Ok(Route::Direct(_))
+        ));
+        assert_eq!(
+            e.as_slice(),
+            &[crate::disk::Extent {
+                file_offset: 4096,
+                len: 512
+            }]
+        );
+        assert!(d.flush_fd().is_some());
+        assert!(matches!(
+            d.route(8000, 512, Access::Read, &mut e),
+            Err(DiskError::OutOfRange { .. })
+        ));
+        let mut ro = RawDisk::open(tmp.as_path(), true).unwrap();
+        assert!(matches!(
+            ro.route(0, 512, Access::Write, &mut e),
+            Err(DiskError::ReadOnly)
+        ));
+        assert!(ro.flush_fd().is_none());
+        let mut mem = RawDisk::new(Box::new(MemStorage::new(vec![0; 512], 512)), false).unwrap();
+        assert_eq!(
+            mem.route(0, 512, Access::Read, &mut e).unwrap(),
+            Route::SYNC
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
 /// Positioned I/O on the bytes of an image file.
 pub trait Storage: Send + std::fmt::Debug {
@@ -28,6 +28,12 @@ pub trait Storage: Send + std::fmt::Debug {
     /// `unmap` and the host allow it. Returns `false` if the host cannot
     /// do it without writing zeros, in which case nothing changed.
     fn zero_range(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<bool>;
+
+    /// The host file descriptor, when the bytes live in a file that I/O
+    /// may reach directly (see [`crate::disk::Route`]).
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 
     /// Fills `buf` at `offset`; reading past the end of the storage is an
     /// `UnexpectedEof` error.
@@ -82,6 +88,10 @@ impl Storage for File {
 
     fn sync_data(&mut self) -> io::Result<()> {
         File::sync_data(self)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
     }
 
     fn zero_range(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<bool> {

@@ -24,6 +24,7 @@
 mod cache;
 mod compressed;
 mod create;
+mod direct;
 mod entry;
 mod error;
 mod header;
@@ -34,13 +35,17 @@ mod write;
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::unix::io::RawFd;
 use std::path::{Path, PathBuf};
 
 use self::cache::TableCache;
 use self::entry::Mapping;
 use self::header::{Header, OFF_AUTOCLEAR_FEATURES};
 use self::refcount::Refcounts;
-use super::{check_range, DiskBackend, DiskError, ImageFormat, OpenError, RawDisk, Storage};
+use super::{
+    check_range, Access, DiskBackend, DiskError, Extents, ImageFormat, OpenError, RawDisk, Route,
+    Storage,
+};
 
 pub use self::create::create;
 pub use self::error::Qcow2Error;
@@ -410,6 +415,20 @@ impl DiskBackend for Qcow2Disk {
             self.file.sync_data()?;
         }
         Ok(())
+    }
+
+    fn route(
+        &mut self,
+        offset: u64,
+        len: u64,
+        access: Access,
+        extents: &mut Extents,
+    ) -> Result<Route, DiskError> {
+        self.direct_route(offset, len, access, extents)
+    }
+
+    fn flush_fd(&self) -> Option<RawFd> {
+        self.direct_flush_fd()
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> Result<(), DiskError> {

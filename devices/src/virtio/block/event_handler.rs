@@ -3,15 +3,18 @@
 //! Until the driver activates the device, the handler watches only the
 //! activation eventfd: a queue notification before then has nothing to
 //! act on. When the transport signals an activation, the handler adds the
-//! queue eventfd and serves whatever the driver already queued; when it
-//! signals a reset, the handler removes it again.
+//! queue eventfd, the engine's completion eventfd (io_uring only) and the
+//! rate limiter's timerfd (if any) and serves whatever the driver already
+//! queued; when it signals a reset, the handler removes them again (the
+//! reset itself already waited for the I/O in flight). New rate limits
+//! signal the same eventfd, so a limiter created live is watched too.
 //!
 //! The VMM shares the device with its MMIO transport as
 //! `Arc<Mutex<Block>>`; `event_manager` implements its subscriber traits
 //! for `Arc<Mutex<T: MutEventSubscriber>>`, so that handle can be added to
 //! an `EventManager` as is.
 
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -19,26 +22,51 @@ use vmm_sys_util::epoll::EventSet;
 use super::Block;
 use crate::virtio::VirtioDevice;
 
+/// Which fds the handler registered besides the activation eventfd.
+#[derive(Debug, Default)]
+pub(super) struct Watching {
+    queue: bool,
+    completions: bool,
+    limiter: bool,
+}
+
+/// Adds or removes `fd` so that it is watched exactly when `want`.
+fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
+    if *watched == want {
+        return;
+    }
+    let events = Events::new_raw(fd, EventSet::IN);
+    let result = if want {
+        ops.add(events)
+    } else {
+        ops.remove(events)
+    };
+    match result {
+        Ok(()) => *watched = want,
+        Err(e) => log::error!("virtio-blk: cannot (un)watch the {what} eventfd: {e}"),
+    }
+}
+
 impl Block {
+    /// The activation eventfd fired: the transport activated or reset the
+    /// device, or new rate limits were set. Watches exactly what the
+    /// device needs now and serves what waits.
     fn on_activation_change(&mut self, ops: &mut EventOps) {
-        let _ = self.events().activate.read();
-        let queue = Events::new(&self.events().queues[0], EventSet::IN);
-        match (self.is_activated(), self.queue_registered) {
-            (true, false) => match ops.add(queue) {
-                Ok(()) => {
-                    self.queue_registered = true;
-                    // Requests the driver queued before we listened.
-                    self.process_queue();
-                }
-                Err(e) => log::error!("virtio-blk: cannot watch the queue eventfd: {e}"),
-            },
-            (false, true) => {
-                if let Err(e) = ops.remove(queue) {
-                    log::error!("virtio-blk: cannot stop watching the queue eventfd: {e}");
-                }
-                self.queue_registered = false;
-            }
-            _ => {}
+        let _ = self.events.activate.read();
+        let active = self.is_activated();
+        let queue_fd = self.events.queues[0].as_raw_fd();
+        watch(ops, queue_fd, &mut self.watching.queue, active, "queue");
+        if let Some(fd) = self.io.engine.completion_fd().map(AsRawFd::as_raw_fd) {
+            let watched = &mut self.watching.completions;
+            watch(ops, fd, watched, active, "completion");
+        }
+        if let Some(fd) = self.rate_limiter.as_ref().map(AsRawFd::as_raw_fd) {
+            watch(ops, fd, &mut self.watching.limiter, active, "rate limiter");
+        }
+        if active && self.watching.queue {
+            // Requests the driver queued before we listened, or that the
+            // old limits held back.
+            self.process_queue();
         }
     }
 }
@@ -49,15 +77,19 @@ impl MutEventSubscriber for Block {
             return;
         }
         let fd = events.fd();
-        if fd == self.events().activate.as_raw_fd() {
+        if fd == self.events.activate.as_raw_fd() {
             self.on_activation_change(ops);
-        } else if fd == self.events().queues[0].as_raw_fd() {
+        } else if fd == self.events.queues[0].as_raw_fd() {
             self.handle_queue_event();
+        } else if Some(fd) == self.io.engine.completion_fd().map(AsRawFd::as_raw_fd) {
+            self.handle_completion_event();
+        } else if Some(fd) == self.rate_limiter.as_ref().map(AsRawFd::as_raw_fd) {
+            self.handle_rate_limiter_event();
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.events().activate, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.events.activate, EventSet::IN)) {
             log::error!("virtio-blk: cannot watch the activation eventfd: {e}");
         }
     }

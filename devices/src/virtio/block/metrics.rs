@@ -39,6 +39,23 @@ pub struct BlockMetrics {
     pub queue_errors: u64,
     /// Used-buffer interrupts raised.
     pub interrupts: u64,
+    /// Completion events handled (the io_uring eventfd fired).
+    pub completion_events: u64,
+    /// Requests the backend served on the device thread instead of direct
+    /// I/O: reads and writes it routed to the synchronous path (qcow2
+    /// allocation, copy-on-write, backing file, compressed or zero
+    /// clusters, no host file), discards, write-zeroes, backend flushes.
+    pub sync_path_requests: u64,
+    /// Most requests in flight at once.
+    pub inflight_high_water: u64,
+    /// Times a drain stopped with requests left on the queue because every
+    /// in-flight slot was busy.
+    pub queue_full_stalls: u64,
+    /// Times the rate limiter held a request back (it stays on the queue
+    /// and is counted again if held back again).
+    pub rate_limited: u64,
+    /// 1 when direct I/O runs on io_uring, 0 on the synchronous engine.
+    pub io_uring: u64,
 }
 
 impl BlockMetrics {
@@ -60,5 +77,11 @@ impl BlockMetrics {
         out("dropped_chains", self.dropped_chains);
         out("queue_errors", self.queue_errors);
         out("interrupts", self.interrupts);
+        out("completion_events", self.completion_events);
+        out("sync_path_requests", self.sync_path_requests);
+        out("inflight_high_water", self.inflight_high_water);
+        out("queue_full_stalls", self.queue_full_stalls);
+        out("rate_limited", self.rate_limited);
+        out("io_uring", self.io_uring);
     }
 }
