@@ -183,7 +183,8 @@ impl DeviceManager {
             let options = BlockOptions {
                 read_only: disk.readonly,
                 serial: disk.serial.clone().unwrap_or_default(),
-                ..BlockOptions::default()
+                io_engine: disk.io_engine,
+                rate_limiter: disk.rate_limiter,
             };
             let block = Block::open(&disk.path, disk.format, options).map_err(|source| {
                 DeviceError::Block {

@@ -73,6 +73,7 @@ impl VmConfig {
                 readonly: false,
                 serial: None,
                 rate_limiter: None,
+                io_engine: Default::default(),
             },
         );
         self.boot_from_disk = true;

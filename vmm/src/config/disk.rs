@@ -1,5 +1,5 @@
 //! One virtio-blk disk as given by
-//! `--disk PATH[,id=NAME][,format=raw|qcow2][,readonly][,serial=ID][,bw=BYTES/S][,iops=N]`
+//! `--disk PATH[,id=NAME][,format=raw|qcow2][,readonly][,serial=ID][,bw=BYTES/S][,iops=N][,io=auto|io_uring|sync]`
 //! or the `disks` array of a JSON config (where `rate_limiter` takes
 //! Firecracker's full token-bucket form).
 
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use stratus_devices::disk::ImageFormat;
 
 use stratus_devices::rate_limiter::RateLimiterConfig;
+use stratus_devices::virtio::block::IoEngine;
 
 use super::ConfigError;
 
@@ -41,6 +42,15 @@ pub struct DiskConfig {
     /// while the VM runs through `PATCH /drives/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// How requests reach the image: io_uring when the host allows it
+    /// (`auto`, the default), only io_uring, or synchronous calls on the
+    /// device's thread.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub io_engine: IoEngine,
+}
+
+fn is_auto(engine: &IoEngine) -> bool {
+    *engine == IoEngine::Auto
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -63,6 +73,7 @@ impl std::str::FromStr for DiskConfig {
             readonly: false,
             serial: None,
             rate_limiter: None,
+            io_engine: IoEngine::Auto,
         };
         let (mut bw, mut iops) = (None, None);
         let rate = |key: &str, value: &str| {
@@ -84,6 +95,7 @@ impl std::str::FromStr for DiskConfig {
                 Some(("id", id)) => disk.id = Some(id.to_string()),
                 Some(("bw", v)) => bw = Some(rate("bw", v).map_err(bad)?),
                 Some(("iops", v)) => iops = Some(rate("iops", v).map_err(bad)?),
+                Some(("io", v)) => disk.io_engine = v.parse().map_err(bad)?,
                 None if option == "readonly" || option == "ro" => disk.readonly = true,
                 _ => return Err(bad(format!("unknown option '{option}'"))),
             }
@@ -154,6 +166,8 @@ mod tests {
         let limits = limited.rate_limiter.unwrap();
         assert_eq!(limits.bandwidth.map(|b| b.size), Some(1 << 20));
         assert_eq!(limits.ops.map(|b| b.size), Some(100));
+        let sync: DiskConfig = "d.raw,io=sync".parse().unwrap();
+        assert_eq!(sync.io_engine, IoEngine::Sync);
         assert_eq!(
             (plain.format, plain.readonly, plain.serial),
             (None, false, None)
@@ -174,6 +188,7 @@ mod tests {
             "a,bw=0",
             "a,iops=-3",
             "a,bw=fast",
+            "a,io=threads",
         ] {
             assert!(spec.parse::<DiskConfig>().is_err(), "{spec}");
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::kvm_clock_data;
+use stratus_devices::rate_limiter::RateLimiterConfig;
 
 use super::{DeviceMetrics, MetricsSnapshot, VcpuMetrics, Vmm};
 use crate::api::{
@@ -142,8 +143,11 @@ impl Vmm {
         }
     }
 
+    /// `PATCH /drives/{id}`: Firecracker's semantics — the buckets named
+    /// replace the drive's (a `size` of 0 lifts that limit), an absent one
+    /// stays as it was; nothing changes unless all of it is valid.
     fn update_drive(&mut self, id: &str, update: &DriveUpdate) -> Result<(), ApiError> {
-        let Some(_drive) = self.parts.devices.drives().iter().find(|d| d.id == id) else {
+        let Some(index) = self.parts.devices.drives().iter().position(|d| d.id == id) else {
             return Err(ApiError::not_found(format!("no drive with id {id:?}")));
         };
         if update.path_on_host.is_some() {
@@ -151,9 +155,36 @@ impl Vmm {
                 "changing a drive's path_on_host is not supported",
             ));
         }
-        Err(ApiError::bad_request(
-            "drive rate limiters are not available in this build yet",
-        ))
+        let Some(change) = update.rate_limiter else {
+            // Nothing to change (Firecracker accepts this too).
+            return Ok(());
+        };
+        change
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("invalid rate_limiter: {e}")))?;
+        let current = self
+            .parts
+            .config
+            .disks
+            .get(index)
+            .and_then(|d| d.rate_limiter)
+            .unwrap_or_default();
+        let merged = RateLimiterConfig {
+            bandwidth: change.bandwidth.or(current.bandwidth),
+            ops: change.ops.or(current.ops),
+        };
+        let drive = &self.parts.devices.drives()[index];
+        drive
+            .block
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_rate_limiter(&merged)
+            .map_err(|e| ApiError::bad_request(format!("cannot apply rate_limiter: {e}")))?;
+        if let Some(disk) = self.parts.config.disks.get_mut(index) {
+            disk.rate_limiter = Some(merged);
+        }
+        log::info!("drive {id}: rate limits now {merged:?}");
+        Ok(())
     }
 
     fn metrics(&self) -> MetricsSnapshot {

@@ -26,9 +26,7 @@ use crate::arch::{cpuid, msr};
 use crate::coalesced::CoalescedRing;
 
 pub use stats::VcpuStats;
-pub use thread::{
-    process_cpu_time, FirstRun, VcpuControlError, VcpuHandle, VcpuThreadConfig,
-};
+pub use thread::{process_cpu_time, FirstRun, VcpuControlError, VcpuHandle, VcpuThreadConfig};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]

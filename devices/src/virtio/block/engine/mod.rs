@@ -23,11 +23,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
+impl std::str::FromStr for IoEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoEngine::Auto),
+            "io_uring" => Ok(IoEngine::IoUring),
+            "sync" => Ok(IoEngine::Sync),
+            other => Err(format!(
+                "unknown I/O engine '{other}' (auto, io_uring or sync)"
+            )),
+        }
+    }
+}
+
 pub(super) use self::sync::SyncEngine;
 pub(super) use self::uring::UringEngine;
 
-/// Which I/O engine a block device uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which I/O engine a block device uses (`auto`, `io_uring` or `sync` in
+/// configurations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IoEngine {
     /// io_uring when the host allows it, else the synchronous engine (the
     /// fallback is logged once per process).
