@@ -56,6 +56,9 @@ impl Contender {
 /// Guest command line for every contender (QEMU gets `reboot=a`, see
 /// `vmms`): a verbose console and a guest that reboots when booted.
 pub const BENCH_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 stratus.exit=reboot";
+/// The same with `quiet`: the kernel's own messages stay off the console,
+/// so console exits stop dominating and the platform's cost shows.
+pub const BENCH_CMDLINE_QUIET: &str = "console=ttyS0 reboot=k panic=1 quiet stratus.exit=reboot";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -68,11 +71,36 @@ pub struct Plan {
     pub firecracker: Option<PathBuf>,
     /// The guest.
     pub image: GuestImage,
+    /// Use [`BENCH_CMDLINE_QUIET`] instead of [`BENCH_CMDLINE`].
+    pub quiet: bool,
+    /// Leave QEMU microvm out (it is the slowest; stratus-vmm and
+    /// Firecracker are compared either way).
+    pub without_qemu: bool,
+    /// Words appended to every contender's command line (for diagnosis,
+    /// e.g. `initcall_debug`); empty for the published measurement.
+    pub extra_cmdline: String,
 }
 
 impl Plan {
+    /// The guest command line every contender gets.
+    pub fn cmdline(&self) -> String {
+        let base = if self.quiet {
+            BENCH_CMDLINE_QUIET
+        } else {
+            BENCH_CMDLINE
+        };
+        if self.extra_cmdline.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base} {}", self.extra_cmdline)
+        }
+    }
+
     fn contenders(&self) -> Vec<Contender> {
-        let mut all = vec![Contender::Stratus, Contender::QemuMicrovm];
+        let mut all = vec![Contender::Stratus];
+        if !self.without_qemu {
+            all.push(Contender::QemuMicrovm);
+        }
         if self.firecracker.is_some() {
             all.push(Contender::Firecracker);
         }
@@ -84,9 +112,9 @@ impl Plan {
         let files = GuestFiles::of(&self.image);
         let mut boot = Boot::new(&files, VCPUS, MEMORY_MIB, "");
         // The command line of the published Firecracker measurement
-        // (ANCHORS: verbose console, `reboot=k`), so the guest does the same
-        // work under every VMM, console output included.
-        boot.cmdline = BENCH_CMDLINE.to_owned();
+        // (ANCHORS: verbose console, `reboot=k`), or the same with `quiet`;
+        // identical for every VMM, so the guest does the same work.
+        boot.cmdline = self.cmdline();
         let mut host = VirtualHost::new("bench-boot");
         host.binary("stratus-vmm", &self.stratus_vmm)
             .file(&files.kernel, &self.image.kernel)
@@ -240,6 +268,7 @@ impl Report {
              wall time from process start to exit",
             plan.image.name, plan.image.kernel_release
         );
+        let _ = writeln!(out, "guest command line: {}", plan.cmdline());
         if let Some(ready) = self.host_ready {
             let _ = writeln!(out, "virtual host ready after {:.1} s (inside it everything runs under TCG: compare ratios only)", ready.as_secs_f64());
         }
@@ -270,6 +299,14 @@ impl Report {
                     );
                 }
             }
+        }
+        for row in &self.rows {
+            let runs: Vec<String> = row
+                .wall
+                .iter()
+                .map(|d| format!("{:.3}", secs(*d)))
+                .collect();
+            let _ = writeln!(out, "{} per run (s): {}", row.who.name(), runs.join(" "));
         }
         for row in &self.rows {
             if let Some(s) = stats(&row.boot_complete) {
@@ -371,6 +408,9 @@ mod tests {
                 initrd: PathBuf::from("i"),
                 kernel_release: "6.12-test".into(),
             },
+            quiet: false,
+            without_qemu: false,
+            extra_cmdline: String::new(),
         };
         let report = Report {
             rows: vec![

@@ -8,8 +8,19 @@ use stratus_tests::vhost;
 
 use crate::steps::{self, step, Result};
 
+/// How `bench boot` varies from its default run.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// The `quiet` guest command line.
+    pub quiet: bool,
+    /// Leave QEMU microvm out.
+    pub without_qemu: bool,
+    /// Extra guest command-line words, for diagnosis only.
+    pub extra_cmdline: String,
+}
+
 /// Runs the boot benchmark and prints its report.
-pub fn boot(runs: u32, firecracker: Option<PathBuf>) -> Result<()> {
+pub fn boot(runs: u32, firecracker: Option<PathBuf>, options: BootOptions) -> Result<()> {
     if runs == 0 {
         return Err("--runs must be at least 1".into());
     }
@@ -31,6 +42,9 @@ pub fn boot(runs: u32, firecracker: Option<PathBuf>) -> Result<()> {
         stratus_vmm,
         firecracker,
         image: images::tiny()?,
+        quiet: options.quiet,
+        without_qemu: options.without_qemu,
+        extra_cmdline: options.extra_cmdline,
     };
     let mut host = plan.host()?;
     host.case_runner(&case_runner);

@@ -9,9 +9,14 @@
 //!   Firecracker, given its binary).
 //! - `bench disk`: the Debian AMI under stratus-vmm vs QEMU microvm: boot
 //!   to `multi-user.target` and fio.
+//! - `bench memory`: memory outside guest RAM with an idle guest.
+//! - `bench start`: process start to API socket and to the first
+//!   `KVM_RUN`, wall and CPU time, on this machine's `/dev/kvm`.
 
 mod bench;
 mod bench_disk;
+mod bench_memory;
+mod bench_start;
 mod demo;
 mod fuzz;
 mod steps;
@@ -65,6 +70,31 @@ enum BenchCommand {
         /// A Firecracker binary to include in the comparison.
         #[arg(long)]
         firecracker: Option<PathBuf>,
+        /// Boot with `quiet` on the guest command line (every VMM).
+        #[arg(long)]
+        quiet: bool,
+        /// Leave QEMU microvm out of the comparison.
+        #[arg(long)]
+        without_qemu: bool,
+        /// Extra guest command-line words for every VMM (diagnosis only,
+        /// e.g. "initcall_debug").
+        #[arg(long, default_value = "")]
+        extra_cmdline: String,
+    },
+    /// Memory outside guest RAM with an idle guest (and Firecracker's).
+    Memory {
+        /// Measurements per configuration.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// A Firecracker binary to include in the comparison.
+        #[arg(long)]
+        firecracker: Option<PathBuf>,
+    },
+    /// Process start to API socket and first KVM_RUN (wall and CPU time).
+    Start {
+        /// Measured starts per kernel.
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
     },
     /// Debian AMI boot time and fio under stratus-vmm vs QEMU microvm.
     Disk {
@@ -84,11 +114,32 @@ fn main() -> ExitCode {
         Command::Test { no_e2e } => test::run(!no_e2e),
         Command::Images => steps::images().map(|_| ()),
         Command::Bench {
-            what: BenchCommand::Boot { runs, firecracker },
-        } => bench::boot(runs, firecracker),
+            what:
+                BenchCommand::Boot {
+                    runs,
+                    firecracker,
+                    quiet,
+                    without_qemu,
+                    extra_cmdline,
+                },
+        } => bench::boot(
+            runs,
+            firecracker,
+            bench::BootOptions {
+                quiet,
+                without_qemu,
+                extra_cmdline,
+            },
+        ),
         Command::Bench {
             what: BenchCommand::Disk { runs, fio_runtime },
         } => bench_disk::disk(runs, fio_runtime),
+        Command::Bench {
+            what: BenchCommand::Start { runs },
+        } => bench_start::start(runs),
+        Command::Bench {
+            what: BenchCommand::Memory { runs, firecracker },
+        } => bench_memory::memory(runs, firecracker),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
