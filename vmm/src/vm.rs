@@ -353,9 +353,13 @@ pub fn create_vcpus(
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
 ) -> Result<Vec<Vcpu>, VmError> {
-    let supported_cpuid = kvm
+    let mut supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    crate::arch::cpuid::add_emulated(
+        &mut supported_cpuid,
+        kvm.check_extension(Cap::TscDeadlineTimer),
+    );
     let mut vcpus = Vec::with_capacity(usize::from(count));
     for index in 0..count {
         let fd = vm

@@ -32,6 +32,14 @@ pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
 }
 
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// The LAPIC timer has a TSC-deadline mode. KVM emulates it but leaves the
+/// bit out of KVM_GET_SUPPORTED_CPUID (it is KVM_CAP_TSC_DEADLINE_TIMER):
+/// a guest that does not see it calibrates the LAPIC timer against another
+/// clock at boot, a wait of about 100 ms of guest time.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Perfmon and debug capability (IA32_PERF_CAPABILITIES), which we do not
+/// virtualize.
+const LEAF1_ECX_PDCM: u32 = 1 << 15;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
 /// Leaf 0xB/0x1F level types.
@@ -58,6 +66,7 @@ pub fn customize(entries: &mut [kvm_cpuid_entry2], cpu_index: u8, cpu_count: u8)
                 // per package, [15:8] CLFLUSH line size in 8-byte units.
                 entry.ebx = (apic_id << 24) | (count << 16) | (8 << 8);
                 entry.ecx |= LEAF1_ECX_HYPERVISOR;
+                entry.ecx &= !LEAF1_ECX_PDCM;
                 if count > 1 {
                     entry.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -118,6 +127,19 @@ fn topology_level(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, shift:
     }
 }
 
+/// Adds what KVM emulates but does not list as supported: the TSC-deadline
+/// timer, when `tsc_deadline` (KVM_CAP_TSC_DEADLINE_TIMER) says it can.
+pub fn add_emulated(supported: &mut CpuId, tsc_deadline: bool) {
+    if !tsc_deadline {
+        return;
+    }
+    for entry in supported.as_mut_slice() {
+        if entry.function == 0x1 {
+            entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
+        }
+    }
+}
+
 /// Builds the CPUID for one vCPU from the supported set.
 pub fn for_vcpu(supported: &CpuId, cpu_index: u8, cpu_count: u8) -> CpuId {
     let mut cpuid = supported.clone();
@@ -146,6 +168,15 @@ mod tests {
             ecx: word(8),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn tsc_deadline_only_when_kvm_emulates_it() {
+        let mut cpuid = CpuId::from_entries(&[leaf(0x1, 0)]).unwrap();
+        add_emulated(&mut cpuid, false);
+        assert_eq!(cpuid.as_slice()[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        add_emulated(&mut cpuid, true);
+        assert_ne!(cpuid.as_slice()[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
