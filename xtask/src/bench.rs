@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use stratus_tests::bench::Plan;
 use stratus_tests::images;
-use stratus_tests::vhost;
 
 use crate::steps::{self, step, Result};
 
@@ -21,19 +20,7 @@ pub struct BootOptions {
 
 /// Runs the boot benchmark and prints its report.
 pub fn boot(runs: u32, firecracker: Option<PathBuf>, options: BootOptions) -> Result<()> {
-    if runs == 0 {
-        return Err("--runs must be at least 1".into());
-    }
-    if let Some(path) = &firecracker {
-        if !path.is_file() {
-            return Err(format!("--firecracker {}: no such file", path.display()).into());
-        }
-    }
-    step("installing missing packages");
-    steps::install_packages()?;
-    if !vhost::ensure_tools()? {
-        return Err("QEMU is not available; the benchmark needs it".into());
-    }
+    steps::prepare_vhost_bench(runs, firecracker.as_deref())?;
     step("building stratus-vmm (release) and the tiny image");
     let stratus_vmm = steps::build_vmm()?;
     let case_runner = steps::build_case_runner()?;

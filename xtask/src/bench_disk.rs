@@ -3,23 +3,15 @@
 use stratus_tests::cache::TempDir;
 use stratus_tests::debian_ami;
 use stratus_tests::disk_bench::{extract_boot_files, Plan};
-use stratus_tests::vhost;
 
 use crate::steps::{self, step, Result};
 
 /// Runs the disk benchmark and prints its report.
 pub fn disk(runs: u32, fio_runtime_secs: u32) -> Result<()> {
-    if runs == 0 {
-        return Err("--runs must be at least 1".into());
-    }
     if fio_runtime_secs == 0 {
         return Err("--fio-runtime must be at least 1".into());
     }
-    step("installing missing packages");
-    steps::install_packages()?;
-    if !vhost::ensure_tools()? {
-        return Err("QEMU is not available; the benchmark needs it".into());
-    }
+    steps::prepare_vhost_bench(runs, None)?;
     step("building stratus-vmm (release) and the Debian AMI");
     let stratus_vmm = steps::build_vmm()?;
     let case_runner = steps::build_case_runner()?;

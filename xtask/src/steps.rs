@@ -116,3 +116,23 @@ pub fn status(command: &mut Command) -> Result<i32> {
     })?;
     Ok(status.code().unwrap_or(-1))
 }
+
+/// The checks and setup every virtual-host benchmark starts with: a
+/// positive run count, an existing Firecracker binary when one is named,
+/// the packages, and QEMU.
+pub fn prepare_vhost_bench(runs: u32, firecracker: Option<&std::path::Path>) -> Result<()> {
+    if runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    if let Some(path) = firecracker {
+        if !path.is_file() {
+            return Err(format!("--firecracker {}: no such file", path.display()).into());
+        }
+    }
+    step("installing missing packages");
+    install_packages()?;
+    if !vhost::ensure_tools()? {
+        return Err("QEMU is not available; the benchmark needs it".into());
+    }
+    Ok(())
+}
