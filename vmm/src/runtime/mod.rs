@@ -156,25 +156,20 @@ impl Vmm {
         if let Some(server) = api_server {
             server.stop();
         }
-        let vmm = match Arc::try_unwrap(vmm) {
-            Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-            // Unreachable: the manager, the only other owner, is dropped.
-            Err(_) => unreachable!("event manager still holds the VMM"),
-        };
-        let outcome = vmm.shut_down();
+        let outcome = vmm.lock().unwrap_or_else(|p| p.into_inner()).shut_down();
         result.map(|()| outcome)
     }
 
     /// Joins every thread and decides the outcome.
-    fn shut_down(self) -> VmOutcome {
-        let parts = self.parts;
+    fn shut_down(&mut self) -> VmOutcome {
+        let parts = &mut self.parts;
         for vcpu in &parts.vcpus {
             log::info!("vCPU {} {}", vcpu.index(), vcpu.stats());
         }
-        for vcpu in parts.vcpus {
+        for vcpu in std::mem::take(&mut parts.vcpus) {
             vcpu.exit_and_join();
         }
-        for thread in parts.device_threads {
+        for thread in std::mem::take(&mut parts.device_threads) {
             thread.stop_and_join();
         }
         // Console bytes still queued in the ring are output too.
@@ -194,7 +189,7 @@ impl Vmm {
         if let Ok((index, stop)) = parts.vcpu_stops.try_recv() {
             return VmOutcome::VcpuFailed { index, stop };
         }
-        if let Some(outcome) = self.outcome {
+        if let Some(outcome) = self.outcome.take() {
             return outcome;
         }
         match parts.power.pending() {
