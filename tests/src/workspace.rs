@@ -27,6 +27,17 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The target every build names (`.cargo/config.toml`, `build.target`),
+/// and so the directory cargo puts its outputs under.
+pub const TARGET_TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+/// Where cargo puts the binaries of a release or debug build.
+pub fn profile_dir(release: bool) -> PathBuf {
+    target_dir()
+        .join(TARGET_TRIPLE)
+        .join(if release { "release" } else { "debug" })
+}
+
 /// Cargo itself: `$CARGO` when run by cargo, else `cargo` from `PATH`.
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -43,9 +54,7 @@ pub fn workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathB
         build.arg("--release");
     }
     cmd::output(&mut build)?;
-    let path = target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join(bin);
+    let path = profile_dir(release).join(bin);
     if path.is_file() {
         Ok(path)
     } else {

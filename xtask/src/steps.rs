@@ -57,7 +57,7 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Result
 /// Builds the release stratus-vmm in the workspace's target directory.
 pub fn build_vmm() -> Result<PathBuf> {
     cargo(&["build", "--release", "-p", "stratus-vmm"])?;
-    let path = workspace::target_dir().join("release").join("stratus-vmm");
+    let path = workspace::profile_dir(true).join("stratus-vmm");
     if !path.is_file() {
         return Err(Box::new(Error::BadInput {
             path,
@@ -77,7 +77,7 @@ pub fn build_case_runner() -> Result<PathBuf> {
         "--bin",
         "stratus-case",
     ])?;
-    Ok(workspace::target_dir().join("release").join("stratus-case"))
+    Ok(workspace::profile_dir(true).join("stratus-case"))
 }
 
 /// Builds (or finds in the cache) both kernel+initramfs guest images and
