@@ -79,6 +79,9 @@ pub struct Plan {
     /// Words appended to every contender's command line (for diagnosis,
     /// e.g. `initcall_debug`); empty for the published measurement.
     pub extra_cmdline: String,
+    /// `STRATUS_LOG` for stratus-vmm (its own timings on stderr, for
+    /// diagnosis); empty for none.
+    pub stratus_log: String,
 }
 
 impl Plan {
@@ -133,7 +136,13 @@ impl Plan {
             for k in 0..contenders.len() {
                 let who = contenders[(k + run as usize) % contenders.len()];
                 let argv = match who {
-                    Contender::Stratus => boot.stratus_vmm(),
+                    Contender::Stratus if self.stratus_log.is_empty() => boot.stratus_vmm(),
+                    Contender::Stratus => {
+                        let mut argv =
+                            vec!["env".to_owned(), format!("STRATUS_LOG={}", self.stratus_log)];
+                        argv.extend(boot.stratus_vmm());
+                        argv
+                    }
                     Contender::QemuMicrovm => boot.qemu_microvm(),
                     Contender::Firecracker => [
                         "firecracker",
@@ -411,6 +420,7 @@ mod tests {
             quiet: false,
             without_qemu: false,
             extra_cmdline: String::new(),
+            stratus_log: String::new(),
         };
         let report = Report {
             rows: vec![

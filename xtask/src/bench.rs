@@ -16,6 +16,8 @@ pub struct BootOptions {
     pub without_qemu: bool,
     /// Extra guest command-line words, for diagnosis only.
     pub extra_cmdline: String,
+    /// `STRATUS_LOG` for stratus-vmm, for diagnosis only.
+    pub stratus_log: String,
 }
 
 /// Runs the boot benchmark and prints its report.
@@ -32,6 +34,7 @@ pub fn boot(runs: u32, firecracker: Option<PathBuf>, options: BootOptions) -> Re
         quiet: options.quiet,
         without_qemu: options.without_qemu,
         extra_cmdline: options.extra_cmdline,
+        stratus_log: options.stratus_log,
     };
     let mut host = plan.host()?;
     host.case_runner(&case_runner);

@@ -80,6 +80,9 @@ enum BenchCommand {
         /// e.g. "initcall_debug").
         #[arg(long, default_value = "")]
         extra_cmdline: String,
+        /// STRATUS_LOG for stratus-vmm (its own timings; diagnosis only).
+        #[arg(long, default_value = "")]
+        stratus_log: String,
     },
     /// Memory outside guest RAM with an idle guest (and Firecracker's).
     Memory {
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
                     quiet,
                     without_qemu,
                     extra_cmdline,
+                    stratus_log,
                 },
         } => bench::boot(
             runs,
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                 quiet,
                 without_qemu,
                 extra_cmdline,
+                stratus_log,
             },
         ),
         Command::Bench {
