@@ -138,8 +138,10 @@ impl Plan {
                 let argv = match who {
                     Contender::Stratus if self.stratus_log.is_empty() => boot.stratus_vmm(),
                     Contender::Stratus => {
-                        let mut argv =
-                            vec!["env".to_owned(), format!("STRATUS_LOG={}", self.stratus_log)];
+                        let mut argv = vec![
+                            "env".to_owned(),
+                            format!("STRATUS_LOG={}", self.stratus_log),
+                        ];
                         argv.extend(boot.stratus_vmm());
                         argv
                     }

@@ -99,6 +99,9 @@ pub struct Plan {
     pub ami: DebianAmi,
     /// Its kernel and initrd, extracted for QEMU ([`extract_boot_files`]).
     pub boot_files: BootFiles,
+    /// stratus-vmm's I/O engine (`--disk …,io=`): `auto` (the default) or
+    /// `io_uring`/`sync`, for comparing the engines.
+    pub io_engine: String,
 }
 
 /// The image's kernel and initrd as files, and its root filesystem's UUID.
@@ -176,7 +179,13 @@ impl Plan {
     fn argv(&self, who: Contender) -> Vec<String> {
         let boot = self.boot();
         let vmm = match who {
-            Contender::Stratus => boot.stratus_vmm("stdout"),
+            Contender::Stratus => {
+                let mut argv = boot.stratus_vmm("stdout");
+                if let Some(disk) = argv.iter_mut().find(|a| a.ends_with(",format=qcow2")) {
+                    disk.push_str(&format!(",io={}", self.io_engine));
+                }
+                argv
+            }
             Contender::QemuMicrovm => {
                 boot.qemu_microvm(KERNEL_IN_HOST, INITRD_IN_HOST, &self.boot_files.root_uuid)
             }
@@ -367,6 +376,7 @@ impl Report {
              fio {} s per job on a file in the root filesystem",
             plan.ami.ami_id, plan.ami.kernel_release, plan.fio_runtime_secs
         );
+        let _ = writeln!(out, "stratus-vmm disk I/O engine: {}", plan.io_engine);
         if let Some(ready) = self.host_ready {
             let _ = writeln!(
                 out,
@@ -557,6 +567,7 @@ mod tests {
                 initrd: "i".into(),
                 root_uuid: "u".into(),
             },
+            io_engine: "auto".into(),
         };
         let text = report.render(&plan);
         assert!(

@@ -7,7 +7,7 @@ use stratus_tests::disk_bench::{extract_boot_files, Plan};
 use crate::steps::{self, step, Result};
 
 /// Runs the disk benchmark and prints its report.
-pub fn disk(runs: u32, fio_runtime_secs: u32) -> Result<()> {
+pub fn disk(runs: u32, fio_runtime_secs: u32, io_engine: String) -> Result<()> {
     if fio_runtime_secs == 0 {
         return Err("--fio-runtime must be at least 1".into());
     }
@@ -26,6 +26,7 @@ pub fn disk(runs: u32, fio_runtime_secs: u32) -> Result<()> {
         stratus_vmm,
         ami,
         boot_files,
+        io_engine,
     };
     let mut host = plan.host()?;
     host.case_runner(&case_runner);

@@ -107,6 +107,9 @@ enum BenchCommand {
         /// fio's runtime per job, in seconds.
         #[arg(long, default_value_t = 3)]
         fio_runtime: u32,
+        /// stratus-vmm's disk I/O engine: auto, io_uring or sync.
+        #[arg(long, default_value = "auto")]
+        io_engine: String,
     },
 }
 
@@ -137,8 +140,13 @@ fn main() -> ExitCode {
             },
         ),
         Command::Bench {
-            what: BenchCommand::Disk { runs, fio_runtime },
-        } => bench_disk::disk(runs, fio_runtime),
+            what:
+                BenchCommand::Disk {
+                    runs,
+                    fio_runtime,
+                    io_engine,
+                },
+        } => bench_disk::disk(runs, fio_runtime, io_engine),
         Command::Bench {
             what: BenchCommand::Start { runs },
         } => bench_start::start(runs),
