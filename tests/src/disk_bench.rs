@@ -102,6 +102,9 @@ pub struct Plan {
     /// stratus-vmm's I/O engine (`--disk …,io=`): `auto` (the default) or
     /// `io_uring`/`sync`, for comparing the engines.
     pub io_engine: String,
+    /// `STRATUS_LOG` for stratus-vmm (its timings and device counters on
+    /// stderr, for diagnosis); empty for none.
+    pub stratus_log: String,
 }
 
 /// The image's kernel and initrd as files, and its root filesystem's UUID.
@@ -183,6 +186,15 @@ impl Plan {
                 let mut argv = boot.stratus_vmm("stdout");
                 if let Some(disk) = argv.iter_mut().find(|a| a.ends_with(",format=qcow2")) {
                     disk.push_str(&format!(",io={}", self.io_engine));
+                }
+                if !self.stratus_log.is_empty() {
+                    argv.splice(
+                        0..0,
+                        [
+                            "env".to_owned(),
+                            format!("STRATUS_LOG={}", self.stratus_log),
+                        ],
+                    );
                 }
                 argv
             }
@@ -568,6 +580,7 @@ mod tests {
                 root_uuid: "u".into(),
             },
             io_engine: "auto".into(),
+            stratus_log: String::new(),
         };
         let text = report.render(&plan);
         assert!(

@@ -7,7 +7,12 @@ use stratus_tests::disk_bench::{extract_boot_files, Plan};
 use crate::steps::{self, step, Result};
 
 /// Runs the disk benchmark and prints its report.
-pub fn disk(runs: u32, fio_runtime_secs: u32, io_engine: String) -> Result<()> {
+pub fn disk(
+    runs: u32,
+    fio_runtime_secs: u32,
+    io_engine: String,
+    stratus_log: String,
+) -> Result<()> {
     if fio_runtime_secs == 0 {
         return Err("--fio-runtime must be at least 1".into());
     }
@@ -27,6 +32,7 @@ pub fn disk(runs: u32, fio_runtime_secs: u32, io_engine: String) -> Result<()> {
         ami,
         boot_files,
         io_engine,
+        stratus_log,
     };
     let mut host = plan.host()?;
     host.case_runner(&case_runner);

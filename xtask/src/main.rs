@@ -110,6 +110,9 @@ enum BenchCommand {
         /// stratus-vmm's disk I/O engine: auto, io_uring or sync.
         #[arg(long, default_value = "auto")]
         io_engine: String,
+        /// STRATUS_LOG for stratus-vmm (timings, device counters).
+        #[arg(long, default_value = "")]
+        stratus_log: String,
     },
 }
 
@@ -145,8 +148,9 @@ fn main() -> ExitCode {
                     runs,
                     fio_runtime,
                     io_engine,
+                    stratus_log,
                 },
-        } => bench_disk::disk(runs, fio_runtime, io_engine),
+        } => bench_disk::disk(runs, fio_runtime, io_engine, stratus_log),
         Command::Bench {
             what: BenchCommand::Start { runs },
         } => bench_start::start(runs),

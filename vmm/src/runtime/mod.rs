@@ -166,6 +166,20 @@ impl Vmm {
         for vcpu in &parts.vcpus {
             log::info!("vCPU {} {}", vcpu.index(), vcpu.stats());
         }
+        if log::log_enabled!(log::Level::Info) {
+            for slot in parts.devices.slots() {
+                let mut counters = Vec::new();
+                slot.device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write_metrics(&mut |name, n| {
+                        if n > 0 {
+                            counters.push(format!("{name}={n}"));
+                        }
+                    });
+                log::info!("device {}: {}", slot.name, counters.join(" "));
+            }
+        }
         for vcpu in std::mem::take(&mut parts.vcpus) {
             vcpu.exit_and_join();
         }
