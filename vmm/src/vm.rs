@@ -360,6 +360,7 @@ pub fn create_vcpus(
         &mut supported_cpuid,
         kvm.check_extension(Cap::TscDeadlineTimer),
     );
+    crate::arch::cpuid::add_brand_string(&mut supported_cpuid, crate::arch::cpuid::host_cpuid);
     let mut vcpus = Vec::with_capacity(usize::from(count));
     for index in 0..count {
         let fd = vm

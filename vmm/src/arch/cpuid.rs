@@ -140,6 +140,58 @@ pub fn add_emulated(supported: &mut CpuId, tsc_deadline: bool) {
     }
 }
 
+/// The processor brand string leaves (0x8000_0002..=0x8000_0004).
+const BRAND_LEAVES: std::ops::RangeInclusive<u32> = 0x8000_0002..=0x8000_0004;
+
+/// Fills the brand string leaves that KVM left empty with the host's, so
+/// the guest's `/proc/cpuinfo` names the CPU (KVM does not always pass
+/// them through; a guest without them prints "AMD 17/01").
+pub fn add_brand_string(supported: &mut CpuId, host: impl Fn(u32) -> [u32; 4]) {
+    // A guest reads the brand leaves only when the highest extended leaf
+    // includes them; never stretch that range.
+    let max_extended = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map_or(0, |e| e.eax);
+    if max_extended < *BRAND_LEAVES.end() {
+        return;
+    }
+    for leaf in BRAND_LEAVES {
+        let [eax, ebx, ecx, edx] = host(leaf);
+        match supported
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == leaf)
+        {
+            Some(entry) => {
+                if entry.eax | entry.ebx | entry.ecx | entry.edx == 0 {
+                    (entry.eax, entry.ebx, entry.ecx, entry.edx) = (eax, ebx, ecx, edx);
+                }
+            }
+            None => {
+                let entry = kvm_cpuid_entry2 {
+                    function: leaf,
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                };
+                // Full only at KVM_MAX_CPUID_ENTRIES; then the guest goes
+                // without a brand string, as before.
+                let _ = supported.push(entry);
+            }
+        }
+    }
+}
+
+/// One leaf of this host's CPUID.
+pub fn host_cpuid(leaf: u32) -> [u32; 4] {
+    let r = std::arch::x86_64::__cpuid(leaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 /// Builds the CPUID for one vCPU from the supported set.
 pub fn for_vcpu(supported: &CpuId, cpu_index: u8, cpu_count: u8) -> CpuId {
     let mut cpuid = supported.clone();
@@ -177,6 +229,33 @@ mod tests {
         assert_eq!(cpuid.as_slice()[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         add_emulated(&mut cpuid, true);
         assert_ne!(cpuid.as_slice()[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn empty_brand_leaves_come_from_the_host() {
+        let mut given = leaf(0x8000_0003, 0);
+        given.eax = 7;
+        let mut max = leaf(0x8000_0000, 0);
+        max.eax = 0x8000_0008;
+        let mut cpuid = CpuId::from_entries(&[leaf(0x8000_0002, 0), given, max]).unwrap();
+        add_brand_string(&mut cpuid, |l| [l, 1, 2, 3]);
+        assert_eq!(cpuid.as_slice()[0].eax, 0x8000_0002);
+        assert_eq!(cpuid.as_slice()[0].edx, 3);
+        assert_eq!(cpuid.as_slice()[1].eax, 7, "a leaf KVM filled is kept");
+        let added = cpuid.as_slice().iter().find(|e| e.function == 0x8000_0004);
+        assert_eq!(
+            added.map(|e| e.eax),
+            Some(0x8000_0004),
+            "a missing leaf is added"
+        );
+        let mut short = CpuId::from_entries(&[leaf(0x8000_0000, 0)]).unwrap();
+        add_brand_string(&mut short, |l| [l, 1, 2, 3]);
+        assert_eq!(
+            short.as_slice().len(),
+            1,
+            "no brand leaves past the highest leaf"
+        );
+        assert!(host_cpuid(0)[0] >= 1);
     }
 
     #[test]
