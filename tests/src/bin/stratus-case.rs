@@ -13,7 +13,13 @@
 //! kernel code patching KVM does when its first VM appears (and undoes when
 //! its last one goes) happens once, at a point where a crash of the
 //! virtual host is retried. Multi-threaded TCG occasionally mishandles that
-//! patching (an `int3` oops in `__schedule`).
+//! patching (an `int3` oops in `__schedule`). The held VM also has an
+//! in-kernel LAPIC and one vCPU that never runs: its APIC stays
+//! software-disabled, which keeps KVM's `apic_sw_disabled` static key
+//! raised for good, so guests that start (LAPIC software-disabled) and
+//! enable their APIC no longer flip it and patch the LAPIC code each time
+//! (the same TCG fault, seen as an `int3` in `apic_has_pending_timer` or
+//! `__apic_accept_irq`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -42,10 +48,16 @@ fn main() {
 }
 
 fn hold_kvm() -> ! {
-    let vm = kvm_ioctls::Kvm::new().and_then(|kvm| kvm.create_vm());
-    match vm {
-        Ok(_vm) => loop {
-            // `_vm` stays open for as long as the process lives.
+    let held = kvm_ioctls::Kvm::new()
+        .and_then(|kvm| kvm.create_vm())
+        .and_then(|vm| {
+            vm.create_irq_chip()?;
+            let vcpu = vm.create_vcpu(0)?;
+            Ok((vm, vcpu))
+        });
+    match held {
+        Ok(_held) => loop {
+            // `_held` stays open for as long as the process lives.
             thread::sleep(Duration::from_secs(3600));
         },
         Err(err) => {

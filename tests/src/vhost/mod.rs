@@ -72,12 +72,14 @@ const NESTED_QEMU_DATA: &[&str] = &[
 ];
 
 /// Boots of the virtual host before giving up, when it dies before its
-/// scenario starts.
-const HOST_BOOT_ATTEMPTS: u32 = 3;
+/// scenario starts or while it runs.
+const HOST_BOOT_ATTEMPTS: u32 = 4;
 /// How many times a scenario is run again because the virtual host's own
 /// kernel died while it ran (multi-threaded TCG flakiness, not the code
-/// under test).
-const MAX_HOST_DEATHS_MID_SCENARIO: u32 = 1;
+/// under test). Two: a long scenario (the AMI one runs eight nested boots)
+/// has been seen to lose its host twice in one CI run; each death leaves
+/// its log behind.
+const MAX_HOST_DEATHS_MID_SCENARIO: u32 = 2;
 /// How long the virtual host may take to be ready (it takes 5–15 s).
 const HOST_READY_WITHIN: Duration = Duration::from_secs(180);
 
