@@ -12,3 +12,6 @@ pub mod legacy;
 pub mod power;
 pub mod rate_limiter;
 pub mod virtio;
+
+#[cfg(test)]
+mod test_utils;

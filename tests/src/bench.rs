@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::images::GuestImage;
 use crate::script::Script;
 use crate::vhost::{Outcome, VirtualHost};
-use crate::vmms::{Boot, GuestFiles};
+use crate::vmms::{with_stratus_log, Boot, GuestFiles};
 
 /// Guest size of every benchmark boot (the Firecracker measurement in the
 /// project's anchors uses the same).
@@ -136,15 +136,7 @@ impl Plan {
             for k in 0..contenders.len() {
                 let who = contenders[(k + run as usize) % contenders.len()];
                 let argv = match who {
-                    Contender::Stratus if self.stratus_log.is_empty() => boot.stratus_vmm(),
-                    Contender::Stratus => {
-                        let mut argv = vec![
-                            "env".to_owned(),
-                            format!("STRATUS_LOG={}", self.stratus_log),
-                        ];
-                        argv.extend(boot.stratus_vmm());
-                        argv
-                    }
+                    Contender::Stratus => with_stratus_log(&self.stratus_log, boot.stratus_vmm()),
                     Contender::QemuMicrovm => boot.qemu_microvm(),
                     Contender::Firecracker => [
                         "firecracker",

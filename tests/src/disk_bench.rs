@@ -25,6 +25,7 @@ use crate::debian_ami::DebianAmi;
 use crate::error::{Error, Result};
 use crate::script::Script;
 use crate::vhost::{Outcome, VirtualHost};
+use crate::vmms::with_stratus_log;
 
 /// vCPUs of every benchmark guest.
 pub const VCPUS: u32 = 1;
@@ -187,16 +188,7 @@ impl Plan {
                 if let Some(disk) = argv.iter_mut().find(|a| a.ends_with(",format=qcow2")) {
                     disk.push_str(&format!(",io={}", self.io_engine));
                 }
-                if !self.stratus_log.is_empty() {
-                    argv.splice(
-                        0..0,
-                        [
-                            "env".to_owned(),
-                            format!("STRATUS_LOG={}", self.stratus_log),
-                        ],
-                    );
-                }
-                argv
+                with_stratus_log(&self.stratus_log, argv)
             }
             Contender::QemuMicrovm => {
                 boot.qemu_microvm(KERNEL_IN_HOST, INITRD_IN_HOST, &self.boot_files.root_uuid)

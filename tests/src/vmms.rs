@@ -159,6 +159,18 @@ impl Boot {
     }
 }
 
+/// `argv` run with `STRATUS_LOG=level` (through `env`), or unchanged
+/// when `level` is empty: the VMM's own timings and counters on stderr,
+/// for benchmark diagnosis.
+pub fn with_stratus_log(level: &str, argv: Vec<String>) -> Vec<String> {
+    if level.is_empty() {
+        return argv;
+    }
+    let mut with = vec!["env".to_owned(), format!("STRATUS_LOG={level}")];
+    with.extend(argv);
+    with
+}
+
 fn json_escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
 }

@@ -187,7 +187,7 @@ impl Vmm {
         Ok(())
     }
 
-    fn metrics(&self) -> MetricsSnapshot {
+    pub(super) fn metrics(&self) -> MetricsSnapshot {
         let vcpus = self
             .parts
             .vcpus

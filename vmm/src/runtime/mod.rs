@@ -162,23 +162,20 @@ impl Vmm {
 
     /// Joins every thread and decides the outcome.
     fn shut_down(&mut self) -> VmOutcome {
+        if log::log_enabled!(log::Level::Info) {
+            for device in self.metrics().devices {
+                let counters: Vec<String> = device
+                    .counters
+                    .iter()
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(name, n)| format!("{name}={n}"))
+                    .collect();
+                log::info!("device {}: {}", device.name, counters.join(" "));
+            }
+        }
         let parts = &mut self.parts;
         for vcpu in &parts.vcpus {
             log::info!("vCPU {} {}", vcpu.index(), vcpu.stats());
-        }
-        if log::log_enabled!(log::Level::Info) {
-            for slot in parts.devices.slots() {
-                let mut counters = Vec::new();
-                slot.device
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .write_metrics(&mut |name, n| {
-                        if n > 0 {
-                            counters.push(format!("{name}={n}"));
-                        }
-                    });
-                log::info!("device {}: {}", slot.name, counters.join(" "));
-            }
         }
         for vcpu in std::mem::take(&mut parts.vcpus) {
             vcpu.exit_and_join();

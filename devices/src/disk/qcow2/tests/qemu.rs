@@ -11,21 +11,7 @@ use vmm_sys_util::tempdir::TempDir;
 use super::pattern;
 use crate::disk::qcow2::{Qcow2Disk, Qcow2Error};
 use crate::disk::{open_disk, DiskBackend, ImageFormat};
-
-fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-img is required when CI is set"
-        );
-        eprintln!("skipping: qemu-img not found (install qemu-utils)");
-    }
-    ok
-}
+use crate::test_utils::have_qemu_img;
 
 fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img").args(args).output().unwrap();

@@ -494,23 +494,10 @@ fn through_the_mmio_transport_and_event_manager() {
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
     em.add_subscriber(block.clone());
 
-    let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(0, off, &v.to_le_bytes());
     let vq = MockSplitQueue::new(&mem, QSIZE);
-    w(&mut t, 0x70, 1);
-    w(&mut t, 0x70, 3);
     let features = block.lock().unwrap().avail_features();
-    w(&mut t, 0x24, 0);
-    w(&mut t, 0x20, features as u32);
-    w(&mut t, 0x24, 1);
-    w(&mut t, 0x20, (features >> 32) as u32);
-    w(&mut t, 0x70, 11);
-    w(&mut t, 0x30, 0);
-    w(&mut t, 0x38, u32::from(QSIZE));
-    w(&mut t, 0x80, vq.desc_table_addr().0 as u32);
-    w(&mut t, 0x90, vq.avail_addr().0 as u32);
-    w(&mut t, 0xa0, vq.used_addr().0 as u32);
-    w(&mut t, 0x44, 1);
-    w(&mut t, 0x70, 15);
+    drive_to_driver_ok(&mut t, &vq, features);
+    let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(0, off, &v.to_le_bytes());
     assert_eq!(t.status(), 15);
     assert!(block.lock().unwrap().is_activated());
 

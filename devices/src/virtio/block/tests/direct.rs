@@ -319,24 +319,11 @@ fn through_the_event_manager_with_io_uring() {
     let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
     em.add_subscriber(block.clone());
 
-    let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(0, off, &v.to_le_bytes());
     let vq = MockSplitQueue::new(&mem, QSIZE);
-    w(&mut t, 0x70, 1);
-    w(&mut t, 0x70, 3);
     // Not EVENT_IDX: the mock's used_event shares memory with its used ring.
     let features = block.lock().unwrap().avail_features() & !(1 << 29);
-    w(&mut t, 0x24, 0);
-    w(&mut t, 0x20, features as u32);
-    w(&mut t, 0x24, 1);
-    w(&mut t, 0x20, (features >> 32) as u32);
-    w(&mut t, 0x70, 11);
-    w(&mut t, 0x30, 0);
-    w(&mut t, 0x38, u32::from(QSIZE));
-    w(&mut t, 0x80, vq.desc_table_addr().0 as u32);
-    w(&mut t, 0x90, vq.avail_addr().0 as u32);
-    w(&mut t, 0xa0, vq.used_addr().0 as u32);
-    w(&mut t, 0x44, 1);
-    w(&mut t, 0x70, 15);
+    drive_to_driver_ok(&mut t, &vq, features);
+    let w = |t: &mut MmioTransport, off: u64, v: u32| t.write(0, off, &v.to_le_bytes());
     // The activation event registers the queue and completion eventfds.
     for _ in 0..10 {
         em.run_with_timeout(10).unwrap();

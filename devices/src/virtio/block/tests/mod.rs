@@ -318,3 +318,30 @@ fn backend_bytes(disk: &mut dyn DiskBackend) -> Vec<u8> {
     disk.read_at(&mut v, 0).unwrap();
     v
 }
+
+/// What a guest driver writes to bring the device behind `t` up: status
+/// ACKNOWLEDGE, DRIVER, `features`, FEATURES_OK, queue 0 on `vq`'s rings,
+/// then DRIVER_OK.
+#[allow(clippy::cast_possible_truncation)] // the registers take halves
+fn drive_to_driver_ok(
+    t: &mut crate::virtio::mmio::MmioTransport,
+    vq: &MockSplitQueue<'_, GuestMemoryMmap>,
+    features: u64,
+) {
+    use crate::bus::BusDevice;
+    let mut w = |off: u64, v: u32| t.write(0, off, &v.to_le_bytes());
+    w(0x70, 1);
+    w(0x70, 3);
+    w(0x24, 0);
+    w(0x20, features as u32);
+    w(0x24, 1);
+    w(0x20, (features >> 32) as u32);
+    w(0x70, 11);
+    w(0x30, 0);
+    w(0x38, u32::from(QSIZE));
+    w(0x80, vq.desc_table_addr().0 as u32);
+    w(0x90, vq.avail_addr().0 as u32);
+    w(0xa0, vq.used_addr().0 as u32);
+    w(0x44, 1);
+    w(0x70, 15);
+}

@@ -9,23 +9,7 @@ use vmm_sys_util::tempdir::TempDir;
 
 use super::*;
 use crate::disk::{ImageFormat, Qcow2Disk};
-
-/// Whether qemu-img can be run; without it the test skips, except under
-/// CI, where it must be installed.
-fn have_qemu_img() -> bool {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-img is required when CI is set"
-        );
-        eprintln!("skipping: qemu-img not found (install qemu-utils)");
-    }
-    ok
-}
+use crate::test_utils::have_qemu_img;
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
@@ -38,6 +22,17 @@ fn qemu_img(args: &[&str]) {
 }
 
 const CLUSTER: u64 = 64 * 1024;
+
+/// A qcow2 overlay in `dir` over a raw base holding `disk_bytes()`, and a
+/// device over it with `engine`; returns the overlay's path too.
+fn overlay_device(dir: &TempDir, engine: IoEngine) -> (std::path::PathBuf, Block) {
+    let base = dir.as_path().join("base.raw");
+    let overlay = dir.as_path().join("overlay.qcow2");
+    std::fs::write(&base, disk_bytes()).unwrap();
+    Qcow2Disk::create_overlay(&overlay, &base, ImageFormat::Raw).unwrap();
+    let dev = Block::open(&overlay, Some(ImageFormat::Qcow2), options(false, engine)).unwrap();
+    (overlay, dev)
+}
 
 /// Writes `data` at `sector` through the device and into `want`.
 fn write(h: &mut Harness, want: &mut [u8], sector: u64, data: &[u8]) {
@@ -55,13 +50,9 @@ fn overlay_writes_take_the_right_path_and_keep_the_image_valid() {
     }
     for engine in engines() {
         let dir = TempDir::new_with_prefix("/tmp/stratus-blk-qcow2-").unwrap();
-        let base = dir.as_path().join("base.raw");
-        let overlay = dir.as_path().join("overlay.qcow2");
-        std::fs::write(&base, disk_bytes()).unwrap();
-        Qcow2Disk::create_overlay(&overlay, &base, ImageFormat::Raw).unwrap();
+        let (overlay, dev) = overlay_device(&dir, engine);
         let mut want = disk_bytes();
         let mem = memory();
-        let dev = Block::open(&overlay, Some(ImageFormat::Qcow2), options(false, engine)).unwrap();
         let mut h = Harness::with_device(&mem, dev, 256, false, true);
         let sync_path = |h: &Harness| h.dev.metrics().sync_path_requests;
 
@@ -147,7 +138,7 @@ fn overlay_writes_take_the_right_path_and_keep_the_image_valid() {
             "{engine}: reopened image differs"
         );
         assert!(
-            std::fs::read(&base).unwrap() == disk_bytes(),
+            std::fs::read(dir.as_path().join("base.raw")).unwrap() == disk_bytes(),
             "{engine}: base changed"
         );
     }
@@ -277,13 +268,9 @@ fn concurrent_multi_extent_reads_stay_inside_their_buffers() {
     const CANARY: u8 = 0x5a;
     for engine in engines() {
         let dir = TempDir::new_with_prefix("/tmp/stratus-blk-qcow2-").unwrap();
-        let base = dir.as_path().join("base.raw");
-        let overlay = dir.as_path().join("overlay.qcow2");
-        std::fs::write(&base, disk_bytes()).unwrap();
-        Qcow2Disk::create_overlay(&overlay, &base, ImageFormat::Raw).unwrap();
+        let (_, dev) = overlay_device(&dir, engine);
         let mut want = disk_bytes();
         let mem = memory();
-        let dev = Block::open(&overlay, Some(ImageFormat::Qcow2), options(false, engine)).unwrap();
         let mut h = Harness::with_device(&mem, dev, 256, false, true);
         // Allocate every cluster, last first: guest-adjacent clusters end
         // up in descending file order.
