@@ -9,6 +9,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod guest_log;
 pub mod legacy;
+pub mod net;
 pub mod power;
 pub mod rate_limiter;
 pub mod virtio;
