@@ -9,6 +9,7 @@
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  EBDA start: reserved up to 1 MiB
 //! 0x000e_0000  ACPI tables (RSDP first, where a legacy scan finds it)
+//! 0x000f_0000  SMBIOS entry point (`_SM3_`) and structure table
 //! 0x0010_0000  kernel (and RAM up to the MMIO hole)
 //! 0xc000_0000  MMIO hole: virtio-mmio devices, boot timer, IOAPIC, LAPIC
 //! 0x1_0000_0000 RAM above 4 GiB when the guest has more than 3 GiB
@@ -42,8 +43,14 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x2_0000;
 /// ACPI tables; the RSDP must be 16-byte aligned in 0xE0000..0xFFFFF.
 pub const ACPI_START: u64 = 0xe_0000;
-/// End of the area reserved for ACPI tables.
-pub const ACPI_END: u64 = HIMEM_START;
+/// End of the area reserved for ACPI tables (they stay below SMBIOS).
+pub const ACPI_END: u64 = SMBIOS_START;
+/// SMBIOS entry point, then its structure table. Linux finds the anchor
+/// by scanning 0xF0000..0xFFFFF on 16-byte boundaries when it boots
+/// without EFI; the e820 map reports the area as reserved, not RAM.
+pub const SMBIOS_START: u64 = 0xf_0000;
+/// End of the area reserved for SMBIOS.
+pub const SMBIOS_END: u64 = HIMEM_START;
 
 /// Start of the 32-bit MMIO hole (device registers, IOAPIC, LAPIC).
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -201,6 +208,10 @@ mod tests {
         assert!(PDE_START + 4096 <= CMDLINE_START);
         assert!(CMDLINE_START + 4096 <= EBDA_START);
         assert!(ACPI_START.is_multiple_of(16));
+        assert!(ACPI_START < ACPI_END && ACPI_END <= SMBIOS_START);
+        assert!(SMBIOS_START >= 0xf_0000 && SMBIOS_START.is_multiple_of(16));
+        assert!(SMBIOS_START < SMBIOS_END && SMBIOS_END <= HIMEM_START);
+        assert!(EBDA_START <= ACPI_START);
     };
 
     #[test]

@@ -3,7 +3,8 @@
 //! ```text
 //! stratus-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N]
 //!             [--memory MIB] [--serial stdout|off|file:PATH]
-//!             [--disk SPEC]... [--id ID] [--api-sock PATH]
+//!             [--disk SPEC]... [--id ID] [--instance-type NAME]
+//!             [--api-sock PATH]
 //! stratus-vmm --config FILE.json
 //! ```
 //!
@@ -64,6 +65,10 @@ struct Cli {
     /// The instance's id, reported by the API's `GET /`.
     #[arg(long)]
     id: Option<String>,
+    /// The instance type (e.g. t3.micro), the guest's SMBIOS product name;
+    /// default stratus.custom.
+    #[arg(long, value_name = "NAME")]
+    instance_type: Option<String>,
     /// Serve the control API (HTTP/JSON) on this Unix socket.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -87,6 +92,7 @@ impl Cli {
                 (self.virtio_mmio_cmdline.is_some(), "--virtio-mmio-cmdline"),
                 (self.ami.is_some(), "--ami"),
                 (self.id.is_some(), "--id"),
+                (self.instance_type.is_some(), "--instance-type"),
                 (self.api_sock.is_some(), "--api-sock"),
             ]
             .into_iter()
@@ -110,6 +116,7 @@ impl Cli {
             id: self
                 .id
                 .unwrap_or_else(|| stratus_vmm::config::DEFAULT_INSTANCE_ID.to_string()),
+            instance_type: self.instance_type,
             api_socket: self.api_sock,
             kernel: self.kernel,
             disks,

@@ -40,6 +40,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::ami::{find_boot_files, DiskBoot, ReadAt};
 use crate::api::{ApiInbox, ApiServer};
 use crate::arch::acpi::{self, AcpiPlatform, PlatformDevices};
+use crate::arch::smbios::{self, SmbiosIdentity};
 use crate::boot;
 use crate::coalesced::CoalescedRing;
 use crate::config::{DiskConfig, SerialTarget, VmConfig};
@@ -95,6 +96,9 @@ pub enum VmError {
     /// The ACPI tables could not be built.
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    /// The SMBIOS tables could not be built.
+    #[error(transparent)]
+    Smbios(#[from] smbios::SmbiosError),
     /// The kernel or initrd could not be loaded.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
@@ -413,6 +417,10 @@ impl Vm {
             power_button_gsi: Some(POWER_BUTTON_GSI),
         };
         let rsdp = acpi::write_tables_with(&mem, &acpi_platform, &legacy)?;
+        smbios::write_tables(
+            &mem,
+            &SmbiosIdentity::for_instance(&config.id, config.instance_type()),
+        )?;
         let boot_info = boot::load(
             &mem,
             &source.kernel,

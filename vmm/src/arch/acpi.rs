@@ -128,7 +128,7 @@ pub struct PlatformDevices {
 /// Errors building or placing the tables.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
-    /// The tables do not fit between `ACPI_START` and 1 MiB.
+    /// The tables do not fit between `ACPI_START` and `ACPI_END` (SMBIOS follows).
     #[error("ACPI tables need {needed} bytes but only {available} are reserved")]
     TooLarge {
         /// Bytes the tables need.

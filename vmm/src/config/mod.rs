@@ -36,6 +36,10 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
 /// Longest instance id.
 pub const MAX_INSTANCE_ID_LEN: usize = 64;
+/// Instance type (SMBIOS product name) used when none is given.
+pub const DEFAULT_INSTANCE_TYPE: &str = "stratus.custom";
+/// Longest instance type.
+pub const MAX_INSTANCE_TYPE_LEN: usize = 64;
 
 fn default_instance_id() -> String {
     DEFAULT_INSTANCE_ID.to_string()
@@ -107,6 +111,11 @@ pub struct VmConfig {
     /// The instance's id, reported by `GET /` (`--id`).
     #[serde(default = "default_instance_id")]
     pub id: String,
+    /// The instance type, e.g. `t3.micro` (`--instance-type`): the guest
+    /// sees it as the SMBIOS product name. [`DEFAULT_INSTANCE_TYPE`] when
+    /// absent.
+    #[serde(default)]
+    pub instance_type: Option<String>,
     /// Serve the control API on this Unix socket (`--api-sock`).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -152,6 +161,13 @@ impl VmConfig {
     /// Whether to add `virtio_mmio.device=` arguments.
     pub fn wants_virtio_mmio_cmdline(&self) -> bool {
         self.virtio_mmio_cmdline.unwrap_or(!self.boot_from_disk)
+    }
+
+    /// The instance type, or [`DEFAULT_INSTANCE_TYPE`].
+    pub fn instance_type(&self) -> &str {
+        self.instance_type
+            .as_deref()
+            .unwrap_or(DEFAULT_INSTANCE_TYPE)
     }
 }
 
@@ -258,6 +274,9 @@ pub enum ConfigError {
     /// The instance id is empty, too long or has odd characters.
     #[error("invalid instance id {0:?}: use 1-{MAX_INSTANCE_ID_LEN} characters of A-Z, a-z, 0-9, - or _")]
     BadId(String),
+    /// The instance type is empty, too long or not printable ASCII.
+    #[error("invalid instance type {0:?}: use 1-{MAX_INSTANCE_TYPE_LEN} printable ASCII characters, not starting or ending with a space")]
+    BadInstanceType(String),
     /// The command line is too long or contains a NUL byte.
     #[error("invalid kernel command line: {0}")]
     BadCmdline(&'static str),
@@ -286,6 +305,16 @@ impl VmConfig {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !id_ok {
             return Err(ConfigError::BadId(self.id.clone()));
+        }
+        if let Some(kind) = &self.instance_type {
+            let printable = |b: &u8| b.is_ascii_graphic() || *b == b' ';
+            let ok = (1..=MAX_INSTANCE_TYPE_LEN).contains(&kind.len())
+                && kind.bytes().all(|b| printable(&b))
+                && !kind.starts_with(' ')
+                && !kind.ends_with(' ');
+            if !ok {
+                return Err(ConfigError::BadInstanceType(kind.clone()));
+            }
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::BadVcpuCount(u64::from(self.vcpus)));
@@ -421,6 +450,7 @@ mod tests {
     fn config(kernel: &Path) -> VmConfig {
         VmConfig {
             id: DEFAULT_INSTANCE_ID.into(),
+            instance_type: None,
             api_socket: None,
             kernel: Some(kernel.to_path_buf()),
             disks: Vec::new(),
@@ -543,6 +573,38 @@ mod tests {
         c.boot_from_disk = false;
         c.disks.clear();
         assert!(matches!(c.validate(), Err(ConfigError::MissingKernel)));
+    }
+
+    #[test]
+    fn instance_type_is_optional_printable_and_bounded() {
+        let k = kernel_file(4096);
+        let mut c = config(k.path());
+        assert_eq!(c.instance_type(), "stratus.custom");
+        for good in ["t3.micro", "m7i-flex.2xlarge", "a b", &"x".repeat(64)] {
+            c.instance_type = Some(good.to_string());
+            c.validate().unwrap();
+            assert_eq!(c.instance_type(), good);
+        }
+        for bad in [
+            "",
+            " t3",
+            "t3 ",
+            "t3\tmicro",
+            "t3\0",
+            "t3.mïcro",
+            &"x".repeat(65),
+        ] {
+            c.instance_type = Some(bad.to_string());
+            assert!(
+                matches!(c.validate(), Err(ConfigError::BadInstanceType(ref t)) if t == bad),
+                "{bad:?}"
+            );
+        }
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "instance_type": "c5.large"}"#).unwrap();
+        assert_eq!(c.instance_type.as_deref(), Some("c5.large"));
+        let c: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c.instance_type, None);
     }
 
     #[test]
