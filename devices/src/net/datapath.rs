@@ -1,7 +1,23 @@
 //! [`Datapath`]: what happens to each frame of one NIC.
+//!
+//! From the guest: VLAN tags are refused, the source check runs
+//! ([`super::source_check`]), DHCP client traffic is answered by the
+//! built-in server ([`super::dhcp`]) instead of forwarded, and membership
+//! reports are read to learn the guest's multicast groups
+//! ([`super::multicast`]). To the guest: the destination check. Frames
+//! the datapath writes itself wait in [`super::local_frames`].
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::counters::{bump, Counters};
+use super::dhcp::{self, Answer, DhcpError, DhcpRequest, DhcpServer, Reply};
+use super::frame::{
+    icmpv6_type, Arp, ArpKind, Ethernet, Ipv4, Ipv6, UdpHeader, ETHERTYPE_ARP, ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
+};
+use super::local_frames::{LocalFrames, PushError};
+use super::multicast::{GroupSet, Snooped};
+use super::source_check::Owned;
 use super::MacAddr;
 
 /// Largest frame the datapath generates itself (an untagged Ethernet
@@ -61,18 +77,48 @@ pub enum ToGuest {
 pub enum DropReason {
     /// Too short or malformed to judge.
     Malformed,
+    /// From the guest with a VLAN tag: the NIC is an untagged port.
+    VlanTagged,
+    /// From the guest with a source MAC not the NIC's.
+    SourceMac,
+    /// From the guest with a source IPv4/IPv6 address not the NIC's.
+    SourceIp,
+    /// An ARP packet from the guest claiming another MAC or IPv4 address.
+    ArpSpoof,
+    /// An ARP packet from the guest for other than Ethernet and IPv4.
+    ArpUnsupported,
+    /// From the guest with an EtherType other than IPv4, IPv6 and ARP.
+    Ethertype,
+    /// DHCP client traffic the server would not answer (not from the
+    /// NIC's MAC, malformed, or not a client's message).
+    Dhcp,
+    /// From the network to an address the guest does not listen to.
+    NotForGuest,
 }
 
-/// One NIC's datapath state.
+/// One NIC's datapath state. Everything it needs is allocated here, in
+/// [`Datapath::new`]: judging a frame and answering DHCP allocate nothing.
 #[derive(Debug)]
 pub struct Datapath {
     identity: NicIdentity,
+    owned: Owned,
+    groups: GroupSet,
+    dhcp: DhcpServer,
+    local: LocalFrames,
+    counters: Counters,
 }
 
 impl Datapath {
     /// A datapath for the NIC `identity` describes.
     pub fn new(identity: NicIdentity) -> Self {
-        Self { identity }
+        Self {
+            owned: Owned::new(&identity),
+            groups: GroupSet::new(),
+            dhcp: DhcpServer::new(&identity),
+            local: LocalFrames::new(),
+            counters: Counters::default(),
+            identity,
+        }
     }
 
     /// Who the NIC is.
@@ -82,31 +128,201 @@ impl Datapath {
 
     /// Judges an Ethernet frame (no virtio-net header) the guest sent.
     pub fn from_guest(&mut self, frame: &[u8]) -> FromGuest {
-        if frame.len() < 14 {
-            return FromGuest::Drop(DropReason::Malformed);
+        match self.judge_from_guest(frame) {
+            Ok(verdict) => verdict,
+            Err(reason) => {
+                self.counters.tx_drop(reason);
+                FromGuest::Drop(reason)
+            }
         }
-        FromGuest::Forward
     }
 
     /// Judges an Ethernet frame (no virtio-net header) from the tap.
     pub fn to_guest(&mut self, frame: &[u8]) -> ToGuest {
-        if frame.len() < 14 {
-            return ToGuest::Drop(DropReason::Malformed);
-        }
-        ToGuest::Deliver
+        let reason = match Ethernet::parse(frame) {
+            Err(_) => DropReason::Malformed,
+            Ok(eth)
+                if !self.identity.source_dest_check
+                    || self.owned.receives(eth.dst, &self.groups) =>
+            {
+                return ToGuest::Deliver;
+            }
+            Ok(_) => DropReason::NotForGuest,
+        };
+        self.counters.rx_drop(reason);
+        ToGuest::Drop(reason)
     }
 
     /// Whether the datapath has frames of its own for the guest.
     pub fn has_local_frames(&self) -> bool {
-        false
+        !self.local.is_empty()
     }
 
     /// Copies the oldest frame of the datapath's own into `buf` (at least
-    /// [`MAX_LOCAL_FRAME`] bytes) and returns its length.
-    pub fn pop_local_frame(&mut self, _buf: &mut [u8]) -> Option<usize> {
-        None
+    /// [`MAX_LOCAL_FRAME`] bytes) and returns its length. A frame that does
+    /// not fit `buf` is dropped and counted (`local_frames_dropped`), and
+    /// `None` returned for it.
+    pub fn pop_local_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.local.pop_into(buf)? {
+            Ok(n) => Some(n),
+            Err(e) => {
+                log::warn!("datapath of {}: {e}", self.identity.mac);
+                bump(&mut self.counters.local_frames_dropped);
+                None
+            }
+        }
     }
 
     /// Reports the datapath's counters (`snake_case`, only growing).
-    pub fn write_metrics(&self, _out: &mut dyn FnMut(&'static str, u64)) {}
+    pub fn write_metrics(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        self.counters.write(out);
+    }
+
+    /// The verdict on a frame from the guest, or why it is dropped.
+    fn judge_from_guest(&mut self, frame: &[u8]) -> Result<FromGuest, DropReason> {
+        let eth = Ethernet::parse(frame).map_err(|_| DropReason::Malformed)?;
+        if eth.is_vlan_tagged() {
+            return Err(DropReason::VlanTagged);
+        }
+        let check = self.identity.source_dest_check;
+        if check && eth.src != self.owned.mac {
+            return Err(DropReason::SourceMac);
+        }
+        match eth.ethertype {
+            ETHERTYPE_IPV4 => self.ipv4_from_guest(eth.payload, check),
+            ETHERTYPE_IPV6 => self.ipv6_from_guest(eth.payload, check),
+            ETHERTYPE_ARP => self.arp_from_guest(eth.payload, check),
+            _ if check => Err(DropReason::Ethertype),
+            _ => Ok(FromGuest::Forward),
+        }
+    }
+
+    fn ipv4_from_guest(&mut self, packet: &[u8], check: bool) -> Result<FromGuest, DropReason> {
+        let ip = Ipv4::parse(packet).map_err(|_| DropReason::Malformed)?;
+        if ip.protocol == IPPROTO_UDP && !ip.is_fragment() {
+            let udp = UdpHeader::parse(ip.payload).map_err(|_| DropReason::Malformed)?;
+            if udp.src_port == dhcp::CLIENT_PORT && udp.dst_port == dhcp::SERVER_PORT {
+                if check && !self.owned.dhcp_source_ok(ip.src) {
+                    return Err(DropReason::SourceIp);
+                }
+                return self.serve_dhcp(&ip, &udp);
+            }
+        }
+        // A host without an address reports memberships from 0.0.0.0 (RFC
+        // 3376 §4.2.13); those reports only steer what this guest hears.
+        if ip.protocol == IPPROTO_IGMP
+            && !ip.is_fragment()
+            && (!check || self.owned.dhcp_source_ok(ip.src))
+        {
+            let snooped = self
+                .groups
+                .snoop_igmp(ip.payload)
+                .map_err(|_| DropReason::Malformed)?;
+            self.count_refused_joins(snooped);
+        }
+        if check && !self.owned.ipv4_source_ok(ip.src) {
+            return Err(DropReason::SourceIp);
+        }
+        Ok(FromGuest::Forward)
+    }
+
+    fn ipv6_from_guest(&mut self, packet: &[u8], check: bool) -> Result<FromGuest, DropReason> {
+        let ip = Ipv6::parse(packet).map_err(|_| DropReason::Malformed)?;
+        let (protocol, upper) = ip.upper_layer().map_err(|_| DropReason::Malformed)?;
+        let icmpv6_type = match protocol {
+            IPPROTO_ICMPV6 => Some(icmpv6_type(upper).map_err(|_| DropReason::Malformed)?),
+            _ => None,
+        };
+        let source_ok = self.owned.ipv6_source_ok(ip.src, icmpv6_type);
+        if icmpv6_type.is_some() && (!check || source_ok) {
+            let snooped = self
+                .groups
+                .snoop_mld(upper)
+                .map_err(|_| DropReason::Malformed)?;
+            self.count_refused_joins(snooped);
+        }
+        if check && !source_ok {
+            return Err(DropReason::SourceIp);
+        }
+        Ok(FromGuest::Forward)
+    }
+
+    fn arp_from_guest(&mut self, packet: &[u8], check: bool) -> Result<FromGuest, DropReason> {
+        let kind = ArpKind::parse(packet).map_err(|_| DropReason::Malformed)?;
+        if !kind.is_ethernet_ipv4() {
+            return if check {
+                Err(DropReason::ArpUnsupported)
+            } else {
+                Ok(FromGuest::Forward)
+            };
+        }
+        let arp = Arp::parse(packet).map_err(|_| DropReason::Malformed)?;
+        if check {
+            self.owned.check_arp(&arp)?;
+        }
+        Ok(FromGuest::Forward)
+    }
+
+    fn count_refused_joins(&mut self, snooped: Snooped) {
+        let full = &mut self.counters.multicast_groups_full;
+        *full = full.saturating_add(snooped.refused);
+    }
+
+    /// Answers DHCP client traffic: the frame is never forwarded.
+    fn serve_dhcp(&mut self, ip: &Ipv4<'_>, udp: &UdpHeader) -> Result<FromGuest, DropReason> {
+        let request = self.parse_dhcp(ip, udp).map_err(|e| {
+            log::debug!("datapath of {}: {e}", self.identity.mac);
+            DropReason::Dhcp
+        })?;
+        let reply = match self.dhcp.answer(&request) {
+            Ok(Answer::Reply(reply)) => reply,
+            Ok(Answer::Released) => {
+                bump(&mut self.counters.dhcp_releases);
+                return Ok(FromGuest::Consumed);
+            }
+            Ok(Answer::Declined) => {
+                // Debug, not warn: the guest decides how often this runs.
+                log::debug!(
+                    "guest with MAC {} declined {}",
+                    self.identity.mac,
+                    self.identity.ipv4
+                );
+                bump(&mut self.counters.dhcp_declines);
+                return Ok(FromGuest::Consumed);
+            }
+            Err(e) => {
+                log::debug!("datapath of {}: {e}", self.identity.mac);
+                return Err(DropReason::Dhcp);
+            }
+        };
+        let dhcp = &self.dhcp;
+        match self
+            .local
+            .push_with(|slot| dhcp.write_reply(&request, reply, slot))
+        {
+            Ok(()) => bump(match reply {
+                Reply::Offer => &mut self.counters.dhcp_offers,
+                Reply::Ack => &mut self.counters.dhcp_acks,
+                Reply::Nak => &mut self.counters.dhcp_naks,
+                Reply::InformAck => &mut self.counters.dhcp_informs,
+            }),
+            Err(PushError::Full) => bump(&mut self.counters.local_frames_dropped),
+            Err(PushError::Build(e)) => {
+                // Replies are sized to fit a slot; this is a bug, not the guest.
+                log::error!("datapath of {}: DHCP reply: {e}", self.identity.mac);
+                bump(&mut self.counters.local_frames_dropped);
+            }
+        }
+        Ok(FromGuest::Consumed)
+    }
+
+    fn parse_dhcp(&self, ip: &Ipv4<'_>, udp: &UdpHeader) -> Result<DhcpRequest, DhcpError> {
+        if !ip.header_checksum_ok() {
+            return Err(DhcpError::IpChecksum);
+        }
+        // The UDP checksum is not checked: a renewal sent through a UDP
+        // socket may carry only a partial one (checksum offload).
+        let message = udp.payload(ip.payload)?;
+        dhcp::parse_request(message, self.identity.mac)
+    }
 }

@@ -99,7 +99,13 @@ mod tests {
 
     #[test]
     fn refuses_malformed_addresses() {
-        for bad in ["", "02:00:0a:00:00", "02:00:0a:00:00:05:06", "2:0:a:0:0:5", "zz:00:0a:00:00:05"] {
+        for bad in [
+            "",
+            "02:00:0a:00:00",
+            "02:00:0a:00:00:05:06",
+            "2:0:a:0:0:5",
+            "zz:00:0a:00:00:05",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -14,8 +14,19 @@
 //! metadata later) wait in a bounded queue of preallocated slots until the
 //! device has an RX buffer for them.
 
+mod checksum;
+mod counters;
 mod datapath;
+mod dhcp;
+mod frame;
+mod local_frames;
 mod mac;
+mod multicast;
+mod source_check;
+
+#[cfg(test)]
+mod tests;
 
 pub use datapath::{Datapath, DropReason, FromGuest, NicIdentity, ToGuest, MAX_LOCAL_FRAME};
+pub use dhcp::DHCP_SERVER_MAC;
 pub use mac::{MacAddr, ParseMacError};
