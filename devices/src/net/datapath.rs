@@ -127,6 +127,15 @@ impl Datapath {
     }
 
     /// Judges an Ethernet frame (no virtio-net header) the guest sent.
+    ///
+    /// Only headers are read, so offloaded frames (up to 64 KiB, partial
+    /// L4 checksums) are fine. Dropped: frames too short or with broken
+    /// IPv4/IPv6/ARP/UDP/IGMP/MLD headers, VLAN-tagged frames, and with
+    /// the source check on, frames not from the NIC's MAC, IPv4 or IPv6
+    /// addresses (DHCP from 0.0.0.0, DAD and MLD from `::` excepted), ARP
+    /// speaking for another host and EtherTypes other than IPv4, IPv6 and
+    /// ARP. DHCP client traffic (UDP 68 → 67) is answered, never
+    /// forwarded: the reply waits in the local-frame queue.
     pub fn from_guest(&mut self, frame: &[u8]) -> FromGuest {
         match self.judge_from_guest(frame) {
             Ok(verdict) => verdict,
@@ -138,6 +147,11 @@ impl Datapath {
     }
 
     /// Judges an Ethernet frame (no virtio-net header) from the tap.
+    ///
+    /// With the destination check on, only frames to the NIC's MAC, to
+    /// broadcast, to the all-hosts/all-nodes groups, to the solicited-node
+    /// groups of its IPv6 addresses, or to a group the guest joined get
+    /// through. Frames shorter than an Ethernet header never do.
     pub fn to_guest(&mut self, frame: &[u8]) -> ToGuest {
         let reason = match Ethernet::parse(frame) {
             Err(_) => DropReason::Malformed,
@@ -202,7 +216,7 @@ impl Datapath {
         if ip.protocol == IPPROTO_UDP && !ip.is_fragment() {
             let udp = UdpHeader::parse(ip.payload).map_err(|_| DropReason::Malformed)?;
             if udp.src_port == dhcp::CLIENT_PORT && udp.dst_port == dhcp::SERVER_PORT {
-                if check && !self.owned.dhcp_source_ok(ip.src) {
+                if check && !self.owned.own_or_unspecified_ipv4(ip.src) {
                     return Err(DropReason::SourceIp);
                 }
                 return self.serve_dhcp(&ip, &udp);
@@ -212,7 +226,7 @@ impl Datapath {
         // 3376 §4.2.13); those reports only steer what this guest hears.
         if ip.protocol == IPPROTO_IGMP
             && !ip.is_fragment()
-            && (!check || self.owned.dhcp_source_ok(ip.src))
+            && (!check || self.owned.own_or_unspecified_ipv4(ip.src))
         {
             let snooped = self
                 .groups

@@ -99,9 +99,10 @@ impl Owned {
         src == self.ipv4
     }
 
-    /// Whether the guest may send DHCP client traffic from `src`: before
-    /// it has an address (0.0.0.0) or while renewing it.
-    pub(crate) fn dhcp_source_ok(&self, src: Ipv4Addr) -> bool {
+    /// Whether `src` is the guest's IPv4 address or 0.0.0.0: where DHCP
+    /// client traffic (before it has an address, or while renewing it)
+    /// and IGMP reports may come from.
+    pub(crate) fn own_or_unspecified_ipv4(&self, src: Ipv4Addr) -> bool {
         src == self.ipv4 || src.is_unspecified()
     }
 
