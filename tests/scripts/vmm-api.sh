@@ -10,7 +10,10 @@
 #                 bad requests, then reset it with the Reboot action;
 #   ctrl-alt-del  SendCtrlAltDel to a booted, idle guest;
 #   shutdown      press the power button of a booted, idle guest;
-#   rate          change a drive's rate limiter while the guest measures.
+#   rate          change a drive's rate limiter while the guest measures;
+#   net           once the guest has its address (STRATUS-NET ready):
+#                 ping it from the host, read the metrics, start a second
+#                 VMM on the same tap (it must refuse), then Reboot.
 # A guest counts as booted once its console shows STRATUS-TINY-BOOTED
 # (the tiny image) or STRATUS-AMI-BOOTED (the Debian AMI).
 mode=$1
@@ -137,6 +140,28 @@ rate)
             '{"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 0}}}'
         api patch_path PATCH /drives/rated '{"path_on_host": "/etc/shadow"}'
     fi
+    ;;
+net)
+    if wait_for 'STRATUS-NET ready' 240; then
+        guest=$(sed -n 's/.*STRATUS-NET dhcp=bound ip=\([0-9.]*\).*/\1/p' "$log" | head -n 1)
+        if [ -n "$guest" ] && ping -c 3 -W 3 "$guest" >/dev/null 2>&1; then
+            echo "HOST ping_guest=ok"
+        else
+            echo "HOST ping_guest=failed guest=$guest"
+        fi
+        curl -s -S --unix-socket "$sock" http://localhost/metrics | sed 's/^/METRICS /'
+        # The same command on another socket: the tap is taken.
+        n=$#
+        for arg in "$@"; do
+            [ "$arg" = "$sock" ] && arg="$sock-busy"
+            set -- "$@" "$arg"
+        done
+        shift "$n"
+        "$@" >/tmp/busy-tap.out 2>/tmp/busy-tap.err
+        echo "BUSY-TAP exit=$?"
+        sed 's/^/BUSY-TAP-MSG /' /tmp/busy-tap.err
+    fi
+    api reboot PUT /actions '{"action_type": "Reboot"}'
     ;;
 *)
     echo "unknown mode $mode"

@@ -9,6 +9,8 @@
 mod common;
 #[path = "boot/control.rs"]
 mod control;
+#[path = "boot/net.rs"]
+mod net;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
         let mut host = common::host("boot");
         host.binary("stratus-vmm", &vmm)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
+            .binary("ip", &stratus_tests::vhost::which("ip")?)
+            .modules(net::MODULES)
             .file(&tiny.kernel, &images.tiny.kernel)
             .file(&tiny.initrd, &images.tiny.initrd)
             .disk_file(&debian61.kernel, &images.debian61.kernel)
@@ -108,10 +112,11 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
             &Boot::new(&tiny, 1, 128, "").stratus_vmm(),
         );
         control::add_cases(&mut script, &tiny);
+        net::add_cases(&mut script, &tiny);
         host.scenario(script.text());
         // Every case timing out, plus the host's own boot, fits in this.
         host.timeout(Duration::from_secs(
-            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS + 3 * 60 + 180,
+            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS + net::TIMEOUT_SECS + 3 * 60 + 180,
         ));
         Ok(host)
     })

@@ -18,11 +18,12 @@ use stratus_devices::virtio::block::{Block, BlockOptions};
 use stratus_devices::virtio::mmio::{
     MmioTransport, TransportMetrics, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use stratus_devices::virtio::net::{Net, Tap, TapError};
 use stratus_devices::virtio::{device_type, VirtioDevice};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::acpi::MmioDeviceInfo;
-use crate::config::DiskConfig;
+use crate::config::{DiskConfig, NetConfig};
 use crate::device_thread::{DeviceThread, DeviceThreadError, SharedHandler};
 use crate::layout::{virtio_mmio_addr, VIRTIO_MMIO_SIZE};
 
@@ -47,6 +48,22 @@ pub enum DeviceError {
         /// Why.
         source: stratus_devices::virtio::block::BlockError,
     },
+    /// A NIC's tap could not be opened.
+    #[error("{nic}: {source}")]
+    Tap {
+        /// The NIC id.
+        nic: String,
+        /// Why.
+        source: TapError,
+    },
+    /// A NIC could not be built.
+    #[error("{nic}: {source}")]
+    Net {
+        /// The NIC id.
+        nic: String,
+        /// Why.
+        source: stratus_devices::virtio::net::NetError,
+    },
     /// The transport could not be built.
     #[error("virtio-mmio transport: {0}")]
     Transport(#[from] stratus_devices::virtio::mmio::MmioError),
@@ -70,6 +87,23 @@ pub enum DeviceError {
     /// A device thread could not be started.
     #[error(transparent)]
     Thread(#[from] DeviceThreadError),
+}
+
+impl DeviceError {
+    /// Whether the host refused what the configuration named (a tap that
+    /// is missing, busy or not a tap), as opposed to a VMM or KVM failure.
+    pub fn is_bad_config(&self) -> bool {
+        matches!(
+            self,
+            DeviceError::Tap {
+                source: TapError::BadName(_)
+                    | TapError::Missing(_)
+                    | TapError::NotTap(_)
+                    | TapError::Busy(_),
+                ..
+            }
+        )
+    }
 }
 
 /// One placed virtio device, as the event loop and the API see it.
@@ -112,11 +146,21 @@ pub struct Drive {
     pub block: Arc<Mutex<Block>>,
 }
 
+/// A network card, for the API's NIC operations.
+#[derive(Debug)]
+pub struct Nic {
+    /// The NIC id (`--net …,id=NAME`; `net0`, `net1`, … by default).
+    pub id: String,
+    /// The device.
+    pub net: Arc<Mutex<Net>>,
+}
+
 /// The virtio devices of one VM.
 #[derive(Debug, Default)]
 pub struct DeviceManager {
     slots: Vec<VirtioSlot>,
     drives: Vec<Drive>,
+    nics: Vec<Nic>,
 }
 
 impl DeviceManager {
@@ -198,6 +242,36 @@ impl DeviceManager {
             self.drives.push(Drive { id, block });
         }
         Ok(())
+    }
+
+    /// Opens every NIC's tap and attaches the NIC.
+    pub fn attach_nics(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        nets: &[NetConfig],
+    ) -> Result<(), DeviceError> {
+        for (index, config) in nets.iter().enumerate() {
+            let id = config.nic_id(index);
+            let tap = Tap::open(&config.tap).map_err(|source| DeviceError::Tap {
+                nic: id.clone(),
+                source,
+            })?;
+            let net = Net::new(tap, config.identity()).map_err(|source| DeviceError::Net {
+                nic: id.clone(),
+                source,
+            })?;
+            let net = Arc::new(Mutex::new(net));
+            self.attach(vm, mem, mmio, id.clone(), net.clone())?;
+            self.nics.push(Nic { id, net });
+        }
+        Ok(())
+    }
+
+    /// The network cards, in configuration order.
+    pub fn nics(&self) -> &[Nic] {
+        &self.nics
     }
 
     /// What the DSDT must describe.

@@ -47,6 +47,11 @@ struct Cli {
     /// Repeatable; the first is the root disk.
     #[arg(long = "disk", value_name = "SPEC")]
     disks: Vec<String>,
+    /// A virtio-net card on an existing tap:
+    /// tap=NAME,mac=MAC,ip=ADDR/PREFIX,gw=IP[,id=NAME][,dns=IP[+IP]][,hostname=NAME][,domain=NAME][,mtu=N][,source-dest-check=on|off].
+    /// Repeatable. The VMM answers the guest's DHCP with these settings.
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<String>,
     /// Boot the kernel and initrd found in the first disk's root filesystem.
     #[arg(long)]
     boot_from_disk: bool,
@@ -88,6 +93,7 @@ impl Cli {
                 (self.memory.is_some(), "--memory"),
                 (self.serial.is_some(), "--serial"),
                 (!self.disks.is_empty(), "--disk"),
+                (!self.nets.is_empty(), "--net"),
                 (self.boot_from_disk, "--boot-from-disk"),
                 (self.virtio_mmio_cmdline.is_some(), "--virtio-mmio-cmdline"),
                 (self.ami.is_some(), "--ami"),
@@ -107,6 +113,11 @@ impl Cli {
             .iter()
             .map(|spec| spec.parse())
             .collect::<Result<Vec<_>, _>>()?;
+        let nets = self
+            .nets
+            .iter()
+            .map(|spec| spec.parse())
+            .collect::<Result<Vec<_>, _>>()?;
         let vcpus = self.vcpus.unwrap_or(1);
         let serial = match &self.serial {
             Some(s) => s.parse()?,
@@ -120,6 +131,7 @@ impl Cli {
             api_socket: self.api_sock,
             kernel: self.kernel,
             disks,
+            nets,
             boot_from_disk: self.boot_from_disk,
             virtio_mmio_cmdline: self.virtio_mmio_cmdline,
             ami: self
@@ -195,11 +207,10 @@ fn main() -> ExitCode {
             eprintln!("stratus-vmm: {e}");
             // A kernel image that no loader accepts is a configuration
             // error: nothing ran.
-            let code = match e {
-                stratus_vmm::vm::VmError::Boot(stratus_vmm::boot::BootError::BadKernel {
-                    ..
-                }) => EXIT_BAD_CONFIG,
-                _ => EXIT_ERROR,
+            let code = if e.is_bad_config() {
+                EXIT_BAD_CONFIG
+            } else {
+                EXIT_ERROR
             };
             return ExitCode::from(code);
         }

@@ -127,6 +127,19 @@ pub enum VmError {
     Runtime(#[from] RuntimeError),
 }
 
+impl VmError {
+    /// Whether the error is the user's configuration meeting the host
+    /// (an unloadable kernel, a missing or busy tap): nothing ran, and the
+    /// process exits as for any other bad configuration.
+    pub fn is_bad_config(&self) -> bool {
+        match self {
+            VmError::Boot(boot::BootError::BadKernel { .. }) => true,
+            VmError::Device(e) => e.is_bad_config(),
+            _ => false,
+        }
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
@@ -400,6 +413,7 @@ impl Vm {
         let mut platform = Platform::create(&vm, config, start)?;
         let mut devices = DeviceManager::default();
         devices.attach_disks(&vm, &mem, &mut platform.mmio, &config.disks)?;
+        devices.attach_nics(&vm, &mem, &mut platform.mmio, &config.nets)?;
 
         let acpi_platform = AcpiPlatform {
             vcpus: config.vcpus,

@@ -53,6 +53,8 @@ pub const PACKAGES: &[&str] = &[
     "libc-bin",
     // Scenarios drive the VMM's API socket with it.
     "curl",
+    // iproute2's `ip`: taps (`ip tuntap`) and bridges for network scenarios.
+    "iproute2",
 ];
 
 /// Modules every virtual host loads: KVM for AMD (the emulated CPU is an

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 mod ami;
 mod disk;
 pub mod footprint;
+mod net;
 
 pub use ami::AmiLaunch;
 pub use disk::{DiskConfig, MAX_DISK_SERIAL_LEN};
+pub use net::{Ipv4Cidr, NetConfig, MAX_NICS};
 
 /// Smallest guest memory we accept: below this even a tiny kernel with an
 /// initramfs cannot decompress and run.
@@ -141,6 +143,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in guest order (`/dev/vda`, `/dev/vdb`, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net cards, in guest order (`eth0`/`ens…` follow it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
     /// Find the kernel and initrd inside the first disk's root filesystem
     /// instead of taking them from the host.
     #[serde(default)]
@@ -228,6 +233,17 @@ pub enum ConfigError {
         /// Why.
         why: String,
     },
+    /// A `--net` specification is malformed.
+    #[error("invalid --net '{spec}': {why}")]
+    BadNet {
+        /// The specification as given (or the NIC id from a JSON config).
+        spec: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Too many network cards.
+    #[error("at most {MAX_NICS} network cards are supported, got {0}")]
+    TooManyNics(usize),
     /// An AMI launch was combined with a kernel or boot-from-disk.
     #[error("--ami cannot be combined with --kernel, --initrd or --boot-from-disk")]
     AmiAndKernel,
@@ -283,6 +299,36 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
+    /// Checks the network cards: each on its own, and that no id, tap or
+    /// MAC address is used twice.
+    fn validate_nets(&self) -> Result<(), ConfigError> {
+        if self.nets.len() > MAX_NICS {
+            return Err(ConfigError::TooManyNics(self.nets.len()));
+        }
+        let (mut ids, mut taps, mut macs) = (
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+            std::collections::BTreeSet::new(),
+        );
+        for (index, net) in self.nets.iter().enumerate() {
+            let bad = |why: String| ConfigError::BadNet {
+                spec: net.nic_id(index),
+                why,
+            };
+            net.validate_syntax().map_err(bad)?;
+            if !ids.insert(net.nic_id(index)) {
+                return Err(bad("the id is used twice".into()));
+            }
+            if !taps.insert(net.tap.clone()) {
+                return Err(bad(format!("tap {} is used twice", net.tap)));
+            }
+            if !macs.insert(net.mac) {
+                return Err(bad(format!("MAC {} is used twice", net.mac)));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a JSON configuration file.
     pub fn from_json_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadConfig {
@@ -345,6 +391,7 @@ impl VmConfig {
             }
             regular_file_len("disk", &disk.path)?;
         }
+        self.validate_nets()?;
         let kernel = match (&self.kernel, self.boot_from_disk) {
             (Some(_), true) => return Err(ConfigError::KernelAndBootFromDisk),
             (None, true) if self.initrd.is_some() => {
@@ -454,6 +501,7 @@ mod tests {
             api_socket: None,
             kernel: Some(kernel.to_path_buf()),
             disks: Vec::new(),
+            nets: Vec::new(),
             boot_from_disk: false,
             virtio_mmio_cmdline: None,
             ami: None,

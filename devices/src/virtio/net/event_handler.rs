@@ -1,0 +1,110 @@
+//! `event-manager` integration.
+//!
+//! Until the driver activates the device, the handler watches only the
+//! activation eventfd. Once active it watches both queue eventfds, and the
+//! tap only while frames can go somewhere: when the guest's RX buffers run
+//! out the tap is unwatched (frames wait in its queue), and the RX queue
+//! notification that brings new buffers watches it again.
+
+use std::os::unix::io::{AsRawFd, RawFd};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::rx::RxStop;
+use super::{Net, RX_QUEUE, TX_QUEUE};
+use crate::virtio::VirtioDevice;
+
+/// Which fds the handler registered besides the activation eventfd.
+#[derive(Debug, Default)]
+pub(super) struct Watching {
+    queues: bool,
+    tap: bool,
+}
+
+/// Adds or removes `fd` so that it is watched exactly when `want`.
+fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
+    if *watched == want {
+        return;
+    }
+    let events = Events::new_raw(fd, EventSet::IN);
+    let result = if want {
+        ops.add(events)
+    } else {
+        ops.remove(events)
+    };
+    match result {
+        Ok(()) => *watched = want,
+        Err(e) => log::error!("virtio-net: cannot (un)watch the {what}: {e}"),
+    }
+}
+
+impl Net {
+    fn on_activation_change(&mut self, ops: &mut EventOps) {
+        let _ = self.events.activate.read();
+        let active = self.is_activated();
+        if self.watching.queues != active {
+            for (index, what) in [(RX_QUEUE, "RX queue"), (TX_QUEUE, "TX queue")] {
+                let fd = self.events.queues[index].as_raw_fd();
+                let mut watched = self.watching.queues;
+                watch(ops, fd, &mut watched, active, what);
+            }
+            self.watching.queues = active;
+        }
+        let offloads = if active { self.tap_offloads() } else { 0 };
+        if let Err(e) = self.tap.set_offload(offloads) {
+            log::warn!(
+                "virtio-net: tap {} refused offloads {offloads:#x}: {e}",
+                self.tap.name()
+            );
+        }
+        if !active {
+            // A frame waiting for the old driver's buffers is dropped.
+            self.rx_len = None;
+            let fd = self.tap.as_raw_fd();
+            watch(ops, fd, &mut self.watching.tap, false, "tap");
+            return;
+        }
+        // Frames the driver queued before we listened.
+        self.transmit();
+        self.pump_rx(ops);
+    }
+
+    /// Receives what can be received and watches the tap accordingly.
+    fn pump_rx(&mut self, ops: &mut EventOps) {
+        let stop = self.receive(true);
+        let want_tap = self.is_activated() && stop != RxStop::NoRoom;
+        let fd = self.tap.as_raw_fd();
+        watch(ops, fd, &mut self.watching.tap, want_tap, "tap");
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if !events.event_set().contains(EventSet::IN) {
+            return;
+        }
+        let fd = events.fd();
+        if fd == self.events.activate.as_raw_fd() {
+            self.on_activation_change(ops);
+        } else if fd == self.events.queues[TX_QUEUE].as_raw_fd() {
+            let _ = self.events.queues[TX_QUEUE].read();
+            self.transmit();
+            if self.datapath.has_local_frames() {
+                // Answers (DHCP) go out at once.
+                self.pump_rx(ops);
+            }
+        } else if fd == self.events.queues[RX_QUEUE].as_raw_fd() {
+            let _ = self.events.queues[RX_QUEUE].read();
+            self.pump_rx(ops);
+        } else if fd == self.tap.as_raw_fd() {
+            self.pump_rx(ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.events.activate, EventSet::IN)) {
+            log::error!("virtio-net: cannot watch the activation eventfd: {e}");
+        }
+    }
+}
