@@ -18,6 +18,7 @@ mod checksum;
 mod counters;
 mod datapath;
 mod dhcp;
+pub mod flow_log;
 mod frame;
 mod local_frames;
 mod mac;
