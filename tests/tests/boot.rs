@@ -50,7 +50,7 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
         let mut host = common::host("boot");
         host.binary("stratus-vmm", &vmm)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
-            .binary("ip", &stratus_tests::vhost::which("ip")?)
+            .binary(net::IPROUTE2, &stratus_tests::vhost::which("ip")?)
             .modules(net::MODULES)
             .file(&tiny.kernel, &images.tiny.kernel)
             .file(&tiny.initrd, &images.tiny.initrd)

@@ -43,3 +43,5 @@ pub const TX_QUEUE: usize = 1;
 /// a 64 KiB GSO frame plus its Ethernet and VLAN headers.
 pub const MAX_BUFFER: usize = tap::VNET_HDR_LEN + 65_535 + 14 + 4;
 
+#[cfg(test)]
+mod tests;
