@@ -20,6 +20,7 @@ mod datapath;
 mod dhcp;
 pub mod flow_log;
 mod frame;
+pub mod identity;
 mod local_frames;
 mod mac;
 mod multicast;
