@@ -14,7 +14,7 @@
 //! metadata later) wait in a bounded queue of preallocated slots until the
 //! device has an RX buffer for them.
 
-mod checksum;
+pub(crate) mod checksum;
 mod counters;
 mod datapath;
 mod dhcp;
