@@ -23,6 +23,7 @@ mod frame;
 pub mod identity;
 mod local_frames;
 mod mac;
+pub mod metadata;
 mod multicast;
 mod source_check;
 
