@@ -374,9 +374,12 @@ impl Conn {
             self.rto_at = None;
             self.retries = 0;
         } else if seq_gt(seg.ack, self.snd_max) {
-            // Acknowledges what was never sent.
+            // Acknowledges what was never sent: dropped, answered with
+            // an ACK (RFC 9293 §3.10.7.4).
             counters.bad_segments += 1;
             self.ack_due = true;
+            self.output(now_ms, false, tx);
+            return Fate::Keep;
         } else if seq_gt(seg.ack, self.snd_una) {
             self.acknowledge(seg.ack, now_ms);
         } else if seg.ack == self.snd_una
@@ -646,7 +649,10 @@ pub(crate) struct Table {
 impl Table {
     pub(crate) fn new() -> Self {
         Self {
-            map: HashMap::with_capacity(MAX_CONNECTIONS),
+            // Twice what is needed: the map then always has room to
+            // rehash in place over the tombstones closed connections leave,
+            // so it never reallocates.
+            map: HashMap::with_capacity(2 * MAX_CONNECTIONS),
             slots: Vec::with_capacity(MAX_CONNECTIONS),
             free: Vec::with_capacity(MAX_CONNECTIONS),
         }

@@ -149,6 +149,18 @@ pub struct IdentitySignatures {
     pub pkcs7: Option<String>,
 }
 
+impl From<crate::net::identity::Signatures> for IdentitySignatures {
+    /// What [`crate::net::identity::IdentitySigner::sign`] made of
+    /// [`MetadataDocument::identity_document`], all three served.
+    fn from(sigs: crate::net::identity::Signatures) -> Self {
+        Self {
+            signature: Some(sigs.signature),
+            rsa2048: Some(sigs.rsa2048),
+            pkcs7: Some(sigs.pkcs7),
+        }
+    }
+}
+
 /// Whether GET and HEAD need an IMDSv2 session token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

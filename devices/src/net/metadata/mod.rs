@@ -2,9 +2,9 @@
 //!
 //! The guest's TCP connections to `169.254.169.254:80` and
 //! `[fd00:ec2::254]:80` end here, in a purpose-made TCP responder
-//! ([`conn`]) that speaks just enough HTTP/1.1 ([`http`]) to serve EC2's
-//! metadata tree ([`tree`]) from a [`MetadataDocument`], with IMDSv1 and
-//! IMDSv2 session tokens ([`token`]). Nothing of it touches a socket: the
+//! (`conn`) that speaks just enough HTTP/1.1 (`http`) to serve EC2's
+//! metadata tree (`tree`) from a [`MetadataDocument`], with IMDSv1 and
+//! IMDSv2 session tokens (`token`). Nothing of it touches a socket: the
 //! datapath hands over every frame [`MetadataService::is_metadata_frame`]
 //! claims, through [`MetadataService::handle`], and gets the replies
 //! through a sink it passes in (and copies them into its local-frame
@@ -47,6 +47,30 @@
 //! Only segments from the guest's own addresses ([`GuestAddrs`]; IPv6
 //! link-local too) are answered, so with the source check off a guest
 //! still cannot fill the table with connections from made-up addresses.
+//!
+//! Neighbor discovery: IPv4 needs no ARP answer (169.254.169.254 is off
+//! the guest's subnet, so it goes to the gateway's MAC); for IPv6 a
+//! neighbor solicitation for `fd00:ec2::254` is answered with
+//! [`METADATA_MAC`] (hop limit 255, as NDP requires).
+//!
+//! Where this differs from EC2, and why:
+//!
+//! * The hop limit applies to every segment of a connection, not only to
+//!   the token PUT's response: a connection whose SYN-ACK cannot reach the
+//!   client is refused as surely, and it is simpler to reason about.
+//! * No `Date` or `Last-Modified` headers: the service has a monotonic
+//!   clock only, and clients do not read them.
+//! * MSS: the guest's MSS is honoured down to 536 bytes only, so one ACK
+//!   cannot make the service write thousands of tiny frames; and segments
+//!   carry at most 1460 (IPv4) or 1440 (IPv6) bytes, what fits the
+//!   datapath's 1514-byte frame slots.
+//! * The receive window is the request buffer's free space (8 KiB at
+//!   most), not a large fixed window.
+//! * The tree is what a [`MetadataDocument`] holds: no `iam/`,
+//!   `block-device-mapping/`, `events/`, `public-ipv4`, tags or
+//!   `ipv6s`; every version serves the same tree.
+//! * `HttpProtocolIpv6` is not an option: the IPv6 endpoint always
+//!   answers (the datapath decides whether to hand it IPv6 frames).
 
 mod conn;
 mod document;
@@ -122,6 +146,8 @@ pub struct MetadataService {
     scratch: Box<[u8; MAX_LOCAL_FRAME]>,
     /// Keys initial sequence numbers.
     isn_key: std::collections::hash_map::RandomState,
+    /// Connections opened so far (also makes every ISN's input unique).
+    opened: u64,
     /// No connection has a timer due before this (it may be earlier than
     /// the first real deadline, never later).
     earliest: Option<u64>,
@@ -149,6 +175,7 @@ impl MetadataService {
             counters: Counters::default(),
             scratch: Box::new([0; MAX_LOCAL_FRAME]),
             isn_key: std::collections::hash_map::RandomState::new(),
+            opened: 0,
             earliest: None,
         })
     }
@@ -295,7 +322,8 @@ impl MetadataService {
                 }
             },
             None if seg.has(SYN) && !seg.has(ACK) && !seg.has(RST) => {
-                let iss = self.isn_key.hash_one((key, now_ms, self.counters.requests));
+                self.opened = self.opened.wrapping_add(1);
+                let iss = self.isn_key.hash_one((key, now_ms, self.opened));
                 let iss = u32::try_from(iss & 0xffff_ffff).unwrap_or(0);
                 match self.conns.open(key, local_mac, &seg, iss, now_ms, &mut tx) {
                     Some(conn) => Some(conn.deadline()),

@@ -691,6 +691,30 @@ fn identity_document_has_ec2_fields() {
 }
 
 #[test]
+fn signatures_from_the_signer_are_served_verbatim() {
+    let mut d = doc();
+    d.identity = crate::net::identity::Signatures {
+        signature: "c2ln".into(),
+        rsa2048: "MIIB\nAAAA".into(),
+        pkcs7: "MIIC\nBBBB".into(),
+    }
+    .into();
+    let mut net = Net::with(d, MetadataOptions::default());
+    assert_eq!(
+        net.get("/latest/dynamic/instance-identity/").text(),
+        "document\npkcs7\nrsa2048\nsignature"
+    );
+    assert_eq!(
+        net.get("/latest/dynamic/instance-identity/rsa2048").text(),
+        "MIIB\nAAAA"
+    );
+    assert_eq!(
+        net.get("/latest/dynamic/instance-identity/pkcs7").text(),
+        "MIIC\nBBBB"
+    );
+}
+
+#[test]
 fn imdsv2_token_then_get() {
     let mut net = Net::new(HttpTokens::Required);
     let t = net.put_token("21600");
