@@ -18,6 +18,7 @@ pub(crate) mod checksum;
 mod counters;
 mod datapath;
 mod dhcp;
+pub mod filter;
 pub mod flow_log;
 mod frame;
 pub mod identity;

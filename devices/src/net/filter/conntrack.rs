@@ -1,0 +1,498 @@
+//! The flow table: open addressing with linear probing, allocated once
+//! for `max_flows`, keyed by a canonical 5-tuple.
+//!
+//! * One slot is six words: five of key, one of state (last packet time,
+//!   protocol state, flags). An all-zero slot is empty, so the table is
+//!   one zeroed allocation the kernel maps lazily.
+//! * There are twice as many slots as `max_flows`, so probes stay short
+//!   (load ≤ ½). Beyond `max_flows` occupied slots a new flow is refused.
+//! * The hash is a folded 64×64→128 multiply keyed by a per-table random
+//!   seed, so a peer cannot aim its flows at one chain.
+//! * Expiry is lazy: a lookup treats an idle-too-long flow as absent, and
+//!   an insertion reuses the first expired slot on its probe path (valid
+//!   with linear probing: the slot is on the path of the new key too).
+//!   [`FlowTable::expire`] sweeps a few slots per call for the rest,
+//!   deleting by backward shift (no tombstones).
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+/// Words of key in a slot.
+const KEY_WORDS: usize = 5;
+/// A slot: key words, then `last_ms << 16 | state << 8 | flags`.
+type Slot = [u64; KEY_WORDS + 1];
+
+/// Set in every key's last word, so no key is all zeros.
+const KEY_VALID: u64 = 1 << 63;
+
+/// Slots [`FlowTable::make_room`] looks at.
+pub(super) const LOCAL_SWEEP: usize = 64;
+
+/// Flag: the flow's originator is the key's second endpoint.
+pub(super) const FLAG_ORIG_IS_B: u8 = 1;
+/// Flag: the flow was opened by a packet from the guest.
+pub(super) const FLAG_ORIG_EGRESS: u8 = 2;
+
+/// The low 64 bits.
+#[allow(clippy::cast_possible_truncation)] // Truncation is the point.
+fn low64(v: u128) -> u64 {
+    v as u64
+}
+
+/// A canonical flow key. Both directions of a flow have the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Key([u64; KEY_WORDS]);
+
+impl Key {
+    /// The key of endpoints `a` and `b` (address, port) of protocol
+    /// `proto` and family `v6`.
+    pub(super) fn new(v6: bool, proto: u8, a: (u128, u16), b: (u128, u16)) -> Self {
+        let meta = KEY_VALID
+            | u64::from(v6) << 40
+            | u64::from(proto) << 32
+            | u64::from(a.1) << 16
+            | u64::from(b.1);
+        Key([
+            low64(a.0 >> 64),
+            low64(a.0),
+            low64(b.0 >> 64),
+            low64(b.0),
+            meta,
+        ])
+    }
+}
+
+/// Per-flow protocol state. The value indexes the timeout table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum State {
+    /// Only the originator's SYN seen.
+    TcpSynSent = 0,
+    /// The responder's SYN seen.
+    TcpSynReceived = 1,
+    TcpEstablished = 2,
+    /// A FIN seen.
+    TcpClosing = 3,
+    /// A RST seen.
+    TcpReset = 4,
+    /// UDP seen from the originator only.
+    UdpOneWay = 5,
+    /// UDP: one request-response transaction.
+    UdpReplied = 6,
+    /// UDP: the originator spoke again after a reply.
+    UdpReplied2 = 7,
+    /// UDP: more than one request-response transaction.
+    UdpStream = 8,
+    /// An ICMP query.
+    Icmp = 9,
+    /// Any other protocol.
+    Other = 10,
+}
+
+/// How many states.
+pub(super) const STATES: usize = 11;
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::TcpSynSent,
+            1 => State::TcpSynReceived,
+            2 => State::TcpEstablished,
+            3 => State::TcpClosing,
+            4 => State::TcpReset,
+            5 => State::UdpOneWay,
+            6 => State::UdpReplied,
+            7 => State::UdpReplied2,
+            8 => State::UdpStream,
+            9 => State::Icmp,
+            _ => State::Other,
+        }
+    }
+}
+
+/// Idle timeouts per [`State`], in milliseconds.
+pub(super) type Timeouts = [u64; STATES];
+
+/// What a slot says besides its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Flow {
+    pub last_ms: u64,
+    pub state: State,
+    pub flags: u8,
+}
+
+impl Flow {
+    fn word(self) -> u64 {
+        self.last_ms << 16 | (self.state as u64) << 8 | u64::from(self.flags)
+    }
+
+    fn from_word(word: u64) -> Self {
+        let [.., state, flags] = word.to_be_bytes();
+        Flow {
+            last_ms: word >> 16,
+            state: State::from_u8(state),
+            flags,
+        }
+    }
+
+    fn expired(self, now_ms: u64, timeouts: &Timeouts) -> bool {
+        now_ms.saturating_sub(self.last_ms) >= timeouts[self.state as usize]
+    }
+}
+
+/// The result of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// The key's live flow is in this slot.
+    Live(usize),
+    /// No live flow. A new one would go to `slot` (`None`: the table is
+    /// full), replacing an expired flow if `evicts`.
+    Absent { slot: Option<usize>, evicts: bool },
+}
+
+/// The flow table of one NIC.
+#[derive(Debug)]
+pub(super) struct FlowTable {
+    slots: Vec<Slot>,
+    max_flows: usize,
+    /// Occupied slots (live or expired, not yet reused or swept).
+    count: usize,
+    seeds: [u64; 2],
+    cursor: usize,
+}
+
+/// A folded multiply: the two halves of the 128-bit product, xored.
+#[inline]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    low64(p) ^ low64(p >> 64)
+}
+
+impl FlowTable {
+    /// An empty table for `max_flows` flows (≥ 1).
+    pub(super) fn new(max_flows: usize) -> Self {
+        let state = RandomState::new();
+        let seeds = [
+            state.hash_one(0x5ec0_0001_u64) | 1,
+            state.hash_one(0x5ec0_0002_u64) | 1,
+        ];
+        Self::with_seeds(max_flows, seeds)
+    }
+
+    fn with_seeds(max_flows: usize, seeds: [u64; 2]) -> Self {
+        let max_flows = max_flows.max(1);
+        Self {
+            // Zeroed arrays of integers come from a zeroed allocation.
+            slots: vec![[0u64; KEY_WORDS + 1]; max_flows.saturating_mul(2)],
+            max_flows,
+            count: 0,
+            seeds,
+            cursor: 0,
+        }
+    }
+
+    /// Slots in use (live flows and expired ones not yet reused).
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Changes the most flows: within the allocated slots the limit just
+    /// moves (lowering it below the flows present refuses new ones until
+    /// enough expire; the memory stays); beyond them the table is
+    /// reallocated and every flow moved over.
+    pub(super) fn set_max_flows(&mut self, max_flows: usize) {
+        let max_flows = max_flows.max(1);
+        if max_flows.saturating_mul(2) <= self.slots.len() {
+            self.max_flows = max_flows;
+            return;
+        }
+        let mut bigger = Self::with_seeds(max_flows, self.seeds);
+        for slot in &self.slots {
+            if slot[KEY_WORDS - 1] == 0 {
+                continue;
+            }
+            let mut key = [0; KEY_WORDS];
+            key.copy_from_slice(&slot[..KEY_WORDS]);
+            let mut i = bigger.home(&Key(key));
+            while bigger.slots[i][KEY_WORDS - 1] != 0 {
+                i = bigger.next(i);
+            }
+            bigger.slots[i] = *slot;
+            bigger.count += 1;
+        }
+        bigger.cursor = 0;
+        *self = bigger;
+    }
+
+    #[inline]
+    fn home(&self, key: &Key) -> usize {
+        let mut h = self.seeds[0];
+        for &w in &key.0 {
+            h = fold_mul(h ^ w, self.seeds[1]);
+        }
+        // Multiply-shift onto 0..len (no power of two needed).
+        let len = self.slots.len() as u128;
+        usize::try_from((u128::from(h) * len) >> 64).unwrap_or(0)
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Finds `key`'s live flow, or where a new one would go.
+    #[inline]
+    pub(super) fn lookup(&self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> Lookup {
+        let mut i = self.home(key);
+        let mut expired_slot = None;
+        for _ in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot[KEY_WORDS - 1] == 0 {
+                return match expired_slot {
+                    Some(e) => Lookup::Absent {
+                        slot: Some(e),
+                        evicts: true,
+                    },
+                    None if self.count < self.max_flows => Lookup::Absent {
+                        slot: Some(i),
+                        evicts: false,
+                    },
+                    None => Lookup::Absent {
+                        slot: None,
+                        evicts: false,
+                    },
+                };
+            }
+            let expired = Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts);
+            if slot[..KEY_WORDS] == key.0 {
+                return if expired {
+                    Lookup::Absent {
+                        slot: Some(i),
+                        evicts: true,
+                    }
+                } else {
+                    Lookup::Live(i)
+                };
+            }
+            if expired && expired_slot.is_none() {
+                expired_slot = Some(i);
+            }
+            i = self.next(i);
+        }
+        // Every slot occupied: only possible with max_flows reached.
+        Lookup::Absent {
+            slot: expired_slot,
+            evicts: expired_slot.is_some(),
+        }
+    }
+
+    /// The flow in slot `i` (from [`FlowTable::lookup`]).
+    #[inline]
+    pub(super) fn flow(&self, i: usize) -> Flow {
+        Flow::from_word(self.slots[i][KEY_WORDS])
+    }
+
+    /// Updates the flow in slot `i`.
+    #[inline]
+    pub(super) fn set_flow(&mut self, i: usize, flow: Flow) {
+        self.slots[i][KEY_WORDS] = flow.word();
+    }
+
+    /// Puts a flow in slot `i` from [`Lookup::Absent`]; `evicts` as it
+    /// said.
+    pub(super) fn insert(&mut self, i: usize, evicts: bool, key: &Key, flow: Flow) {
+        let slot = &mut self.slots[i];
+        slot[..KEY_WORDS].copy_from_slice(&key.0);
+        slot[KEY_WORDS] = flow.word();
+        if !evicts {
+            self.count += 1;
+        }
+    }
+
+    /// Empties slot `i`, shifting later members of its chain back.
+    fn remove(&mut self, mut i: usize) {
+        self.slots[i] = [0; KEY_WORDS + 1];
+        self.count -= 1;
+        let mut j = self.next(i);
+        loop {
+            if self.slots[j][KEY_WORDS - 1] == 0 {
+                return;
+            }
+            let mut key = [0; KEY_WORDS];
+            key.copy_from_slice(&self.slots[j][..KEY_WORDS]);
+            let home = self.home(&Key(key));
+            // The entry at j may move to the hole at i unless its home
+            // lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.slots[i] = self.slots[j];
+                self.slots[j] = [0; KEY_WORDS + 1];
+                i = j;
+            }
+            j = self.next(j);
+        }
+    }
+
+    /// Looks at `budget` slots from `i` on and removes the expired flows
+    /// there. Returns how many it removed and where it stopped.
+    fn sweep(
+        &mut self,
+        mut i: usize,
+        budget: usize,
+        now_ms: u64,
+        timeouts: &Timeouts,
+    ) -> (usize, usize) {
+        let mut removed = 0;
+        let mut looked = 0;
+        while looked < budget.min(self.slots.len()) {
+            let slot = self.slots[i];
+            if slot[KEY_WORDS - 1] != 0
+                && Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts)
+            {
+                // Slot i may now hold a flow shifted back: look again.
+                // (Each removal empties a slot, so this ends.)
+                self.remove(i);
+                removed += 1;
+                continue;
+            }
+            i = self.next(i);
+            looked += 1;
+        }
+        (removed, i)
+    }
+
+    /// Looks at up to `budget` slots from where the last call stopped and
+    /// removes the expired flows there. Returns how many it removed.
+    pub(super) fn expire(&mut self, now_ms: u64, budget: usize, timeouts: &Timeouts) -> usize {
+        let (removed, end) = self.sweep(self.cursor, budget, now_ms, timeouts);
+        self.cursor = end;
+        removed
+    }
+
+    /// For a new flow that found the table full: removes the expired
+    /// flows among the [`LOCAL_SWEEP`] slots from `key`'s home on, so a
+    /// full table of idle flows does not refuse it for want of a sweep.
+    /// Returns how many it removed.
+    pub(super) fn make_room(&mut self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> usize {
+        let home = self.home(key);
+        self.sweep(home, LOCAL_SWEEP, now_ms, timeouts).0
+    }
+
+    /// Every occupied slot's key and flow (tests).
+    #[cfg(test)]
+    pub(super) fn occupied(&self) -> impl Iterator<Item = (Key, Flow)> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s[KEY_WORDS - 1] != 0)
+            .map(|s| {
+                let mut key = [0; KEY_WORDS];
+                key.copy_from_slice(&s[..KEY_WORDS]);
+                (Key(key), Flow::from_word(s[KEY_WORDS]))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = [1000; STATES];
+
+    fn key(n: u16) -> Key {
+        Key::new(false, 17, (1, n), (2, 53))
+    }
+
+    fn flow(last_ms: u64) -> Flow {
+        Flow {
+            last_ms,
+            state: State::UdpOneWay,
+            flags: 0,
+        }
+    }
+
+    fn add(t: &mut FlowTable, k: &Key, now: u64) -> bool {
+        match t.lookup(k, now, &TIMEOUTS) {
+            Lookup::Absent {
+                slot: Some(i),
+                evicts,
+            } => {
+                t.insert(i, evicts, k, flow(now));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn insert_find_fill_and_reuse_expired() {
+        let mut t = FlowTable::with_seeds(100, [0x1234_5679, 0x9876_5433]);
+        for n in 0..100 {
+            assert!(add(&mut t, &key(n), 0), "{n}");
+        }
+        assert_eq!(t.len(), 100);
+        assert!(!add(&mut t, &key(100), 10), "full");
+        for n in 0..100 {
+            assert!(matches!(t.lookup(&key(n), 999, &TIMEOUTS), Lookup::Live(_)));
+        }
+        // Once all expired, new flows go where the old ones were: those
+        // met on the probe path are replaced, and when none is, the slots
+        // after the new flow's home are swept.
+        assert!(matches!(
+            t.lookup(&key(0), 1000, &TIMEOUTS),
+            Lookup::Absent { .. }
+        ));
+        let mut added = 0;
+        for n in 100..200 {
+            if add(&mut t, &key(n), 1000)
+                || (t.make_room(&key(n), 1000, &TIMEOUTS) > 0 && add(&mut t, &key(n), 1000))
+            {
+                added += 1;
+            }
+        }
+        assert!(added > 90, "{added}");
+        t.expire(1000, usize::MAX, &TIMEOUTS);
+        assert_eq!(t.len(), added);
+    }
+
+    #[test]
+    fn sweep_removes_expired_and_keeps_chains_whole() {
+        // Few slots per flow so chains are long and wrap around.
+        let mut t = FlowTable::with_seeds(64, [3, 5]);
+        for n in 0..64 {
+            assert!(add(&mut t, &key(n), u64::from(n % 2) * 500));
+        }
+        // Flows added at 0 expire at 1000, those at 500 at 1500.
+        let removed = t.expire(1200, 10_000, &TIMEOUTS);
+        assert_eq!(removed, 32);
+        assert_eq!(t.len(), 32);
+        for n in 0..64 {
+            let live = matches!(t.lookup(&key(n), 1200, &TIMEOUTS), Lookup::Live(_));
+            assert_eq!(live, n % 2 == 1, "{n}");
+        }
+        assert_eq!(t.occupied().count(), 32);
+    }
+
+    #[test]
+    fn growing_keeps_live_flows() {
+        let mut t = FlowTable::new(4);
+        for n in 0..4 {
+            assert!(add(&mut t, &key(n), 0));
+        }
+        t.set_max_flows(2);
+        assert!(!add(&mut t, &key(9), 0));
+        t.set_max_flows(1000);
+        for n in 0..4 {
+            assert!(matches!(t.lookup(&key(n), 0, &TIMEOUTS), Lookup::Live(_)));
+        }
+        assert!(add(&mut t, &key(9), 0));
+        assert_eq!(t.len(), 5);
+    }
+}
