@@ -26,6 +26,8 @@ use crate::arch::acpi::MmioDeviceInfo;
 use crate::config::{DiskConfig, NetConfig};
 use crate::device_thread::{DeviceThread, DeviceThreadError, SharedHandler};
 use crate::layout::{virtio_mmio_addr, VIRTIO_MMIO_SIZE};
+use crate::nic_services::NicServices;
+use stratus_devices::net::identity::IdentitySigner;
 
 /// First GSI handed to virtio devices (0–4 are the legacy ISA lines we
 /// use or reserve: PIT, keyboard, cascade, COM2, COM1).
@@ -55,6 +57,14 @@ pub enum DeviceError {
         nic: String,
         /// Why.
         source: TapError,
+    },
+    /// A file the NIC's `sg=`, `metadata=` or `flow-log=` names is bad.
+    #[error("{nic}: {why}")]
+    NicServices {
+        /// The NIC id.
+        nic: String,
+        /// Why.
+        why: String,
     },
     /// A NIC could not be built.
     #[error("{nic}: {source}")]
@@ -93,16 +103,17 @@ impl DeviceError {
     /// Whether the host refused what the configuration named (a tap that
     /// is missing, busy or not a tap), as opposed to a VMM or KVM failure.
     pub fn is_bad_config(&self) -> bool {
-        matches!(
-            self,
-            DeviceError::Tap {
-                source: TapError::BadName(_)
-                    | TapError::Missing(_)
-                    | TapError::NotTap(_)
-                    | TapError::Busy(_),
-                ..
-            }
-        )
+        matches!(self, DeviceError::NicServices { .. })
+            || matches!(
+                self,
+                DeviceError::Tap {
+                    source: TapError::BadName(_)
+                        | TapError::Missing(_)
+                        | TapError::NotTap(_)
+                        | TapError::Busy(_),
+                    ..
+                }
+            )
     }
 }
 
@@ -153,6 +164,9 @@ pub struct Nic {
     pub id: String,
     /// The device.
     pub net: Arc<Mutex<Net>>,
+    /// What signs the NIC's identity documents, if it serves metadata
+    /// with signatures.
+    pub signer: Option<Arc<IdentitySigner>>,
 }
 
 /// The virtio devices of one VM.
@@ -258,13 +272,19 @@ impl DeviceManager {
                 nic: id.clone(),
                 source,
             })?;
-            let net = Net::new(tap, config.identity()).map_err(|source| DeviceError::Net {
+            let mut net = Net::new(tap, config.identity()).map_err(|source| DeviceError::Net {
                 nic: id.clone(),
                 source,
             })?;
+            let services = NicServices::load(config).map_err(|why| DeviceError::NicServices {
+                nic: id.clone(),
+                why,
+            })?;
+            let signer = services.signer.clone();
+            services.install(net.datapath_mut());
             let net = Arc::new(Mutex::new(net));
             self.attach(vm, mem, mmio, id.clone(), net.clone())?;
-            self.nics.push(Nic { id, net });
+            self.nics.push(Nic { id, net, signer });
         }
         Ok(())
     }

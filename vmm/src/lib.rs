@@ -12,6 +12,8 @@
 //! - [`device_manager`]: placing virtio devices through one path (windows,
 //!   GSIs, irqfds, ioeventfds, DSDT entries).
 //! - [`device_thread`]: a thread of a device's own for its event handler.
+//! - [`nic_services`]: a NIC's security groups, metadata service and flow
+//!   log, loaded from the files `--net` names.
 //! - [`console`]: the serial console's host side (sink, ring, stdin).
 //! - [`vm`]: building a VM, step by step.
 //! - [`runtime`]: the event loop that runs it, and its control.
@@ -29,6 +31,7 @@ pub mod device_manager;
 pub mod device_thread;
 pub mod layout;
 pub mod logger;
+pub mod nic_services;
 pub mod outcome;
 pub mod runtime;
 pub mod vcpu;

@@ -14,7 +14,10 @@ pub(crate) struct Counters {
     pub tx_dropped_arp_spoof: u64,
     pub tx_dropped_arp_unsupported: u64,
     pub tx_dropped_ethertype: u64,
+    pub tx_dropped_security_group: u64,
+    pub tx_dropped_no_metadata: u64,
     pub rx_dropped_not_for_guest: u64,
+    pub rx_dropped_security_group: u64,
     pub rx_dropped_malformed: u64,
     pub dhcp_offers: u64,
     pub dhcp_acks: u64,
@@ -47,6 +50,8 @@ impl Counters {
             DropReason::ArpUnsupported => &mut self.tx_dropped_arp_unsupported,
             DropReason::Ethertype => &mut self.tx_dropped_ethertype,
             DropReason::Dhcp => &mut self.dhcp_dropped,
+            DropReason::SecurityGroup => &mut self.tx_dropped_security_group,
+            DropReason::NoMetadata => &mut self.tx_dropped_no_metadata,
         });
     }
 
@@ -54,7 +59,8 @@ impl Counters {
     pub(crate) fn rx_drop(&mut self, reason: DropReason) {
         bump(match reason {
             DropReason::NotForGuest => &mut self.rx_dropped_not_for_guest,
-            // The destination check gives no other reason than these two.
+            DropReason::SecurityGroup => &mut self.rx_dropped_security_group,
+            // The destination check gives no other reason than these.
             DropReason::Malformed
             | DropReason::VlanTagged
             | DropReason::SourceMac
@@ -62,7 +68,8 @@ impl Counters {
             | DropReason::ArpSpoof
             | DropReason::ArpUnsupported
             | DropReason::Ethertype
-            | DropReason::Dhcp => &mut self.rx_dropped_malformed,
+            | DropReason::Dhcp
+            | DropReason::NoMetadata => &mut self.rx_dropped_malformed,
         });
     }
 
@@ -78,7 +85,10 @@ impl Counters {
             self.tx_dropped_arp_unsupported,
         );
         out("tx_dropped_ethertype", self.tx_dropped_ethertype);
+        out("tx_dropped_security_group", self.tx_dropped_security_group);
+        out("tx_dropped_no_metadata", self.tx_dropped_no_metadata);
         out("rx_dropped_not_for_guest", self.rx_dropped_not_for_guest);
+        out("rx_dropped_security_group", self.rx_dropped_security_group);
         out("rx_dropped_malformed", self.rx_dropped_malformed);
         out("dhcp_offers", self.dhcp_offers);
         out("dhcp_acks", self.dhcp_acks);

@@ -9,13 +9,17 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::clock::Clock;
 use super::counters::{bump, Counters};
 use super::dhcp::{self, Answer, DhcpError, DhcpRequest, DhcpServer, Reply};
+use super::filter::{Firewall, Verdict};
+use super::flow_log::{Action, FlowLog};
 use super::frame::{
     icmpv6_type, Arp, ArpKind, Ethernet, Ipv4, Ipv6, UdpHeader, ETHERTYPE_ARP, ETHERTYPE_IPV4,
     ETHERTYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
 };
 use super::local_frames::{LocalFrames, PushError};
+use super::metadata::MetadataService;
 use super::multicast::{GroupSet, Snooped};
 use super::source_check::Owned;
 use super::MacAddr;
@@ -23,6 +27,39 @@ use super::MacAddr;
 /// Largest frame the datapath generates itself (an untagged Ethernet
 /// frame at the default MTU, without FCS).
 pub const MAX_LOCAL_FRAME: usize = 1514;
+
+/// How often idle connection-tracking entries are swept (lookups expire
+/// the ones they meet in between).
+const SWEEP_INTERVAL_MS: u64 = 1000;
+/// Entries looked at per sweep, so a sweep never stalls the datapath.
+const SWEEP_BUDGET: usize = 4096;
+/// How often the flow log is asked whether its interval ended.
+const FLOW_LOG_CHECK_MS: u64 = 1000;
+
+/// A flow log and the file (or pipe) its records go to.
+#[derive(Debug)]
+struct FlowLogSink {
+    log: FlowLog,
+    out: std::fs::File,
+}
+
+/// Queues a frame the datapath made for the guest, counting it if the
+/// queue is full.
+fn push_copy(local: &mut LocalFrames, dropped: &mut u64, frame: &[u8]) {
+    let result = local.push_with(|slot: &mut [u8; MAX_LOCAL_FRAME]| {
+        let n = frame.len();
+        match slot.get_mut(..n) {
+            Some(dst) => {
+                dst.copy_from_slice(frame);
+                Ok(n)
+            }
+            None => Err(n),
+        }
+    });
+    if result.is_err() {
+        bump(dropped);
+    }
+}
 
 /// Who the NIC is, as the VMM was told at launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +131,12 @@ pub enum DropReason {
     Dhcp,
     /// From the network to an address the guest does not listen to.
     NotForGuest,
+    /// A security group does not allow it (or its flow could not be
+    /// tracked: the connection-tracking table is full).
+    SecurityGroup,
+    /// Addressed to the instance metadata service, which this NIC does
+    /// not serve.
+    NoMetadata,
 }
 
 /// One NIC's datapath state. Everything it needs is allocated here, in
@@ -101,6 +144,15 @@ pub enum DropReason {
 #[derive(Debug)]
 pub struct Datapath {
     identity: NicIdentity,
+    clock: Clock,
+    /// Security groups with connection tracking; none: unfiltered.
+    firewall: Option<Firewall>,
+    /// The instance metadata service at 169.254.169.254.
+    metadata: Option<MetadataService>,
+    /// Flow-log aggregation and where its records go.
+    flow_log: Option<FlowLogSink>,
+    /// When connection tracking was last swept (monotonic ms).
+    last_sweep_ms: u64,
     owned: Owned,
     groups: GroupSet,
     dhcp: DhcpServer,
@@ -112,6 +164,11 @@ impl Datapath {
     /// A datapath for the NIC `identity` describes.
     pub fn new(identity: NicIdentity) -> Self {
         Self {
+            clock: Clock::new(),
+            firewall: None,
+            metadata: None,
+            flow_log: None,
+            last_sweep_ms: 0,
             owned: Owned::new(&identity),
             groups: GroupSet::new(),
             dhcp: DhcpServer::new(&identity),
@@ -137,12 +194,74 @@ impl Datapath {
     /// ARP. DHCP client traffic (UDP 68 → 67) is answered, never
     /// forwarded: the reply waits in the local-frame queue.
     pub fn from_guest(&mut self, frame: &[u8]) -> FromGuest {
-        match self.judge_from_guest(frame) {
+        let verdict = self.judge_from_guest(frame).and_then(|v| match v {
+            FromGuest::Forward => self.services_from_guest(frame),
+            other => Ok(other),
+        });
+        match verdict {
             Ok(verdict) => verdict,
             Err(reason) => {
                 self.counters.tx_drop(reason);
                 FromGuest::Drop(reason)
             }
+        }
+    }
+
+    /// After the source check: the metadata service answers what is
+    /// addressed to it (security groups never apply to it, as on EC2);
+    /// everything else needs the security groups' egress allowance.
+    fn services_from_guest(&mut self, frame: &[u8]) -> Result<FromGuest, DropReason> {
+        if MetadataService::is_metadata_frame(frame) {
+            let Some(metadata) = self.metadata.as_mut() else {
+                return Err(DropReason::NoMetadata);
+            };
+            let now = self.clock.now_ms();
+            let local = &mut self.local;
+            let dropped = &mut self.counters.local_frames_dropped;
+            metadata.handle(frame, now, &mut |reply| push_copy(local, dropped, reply));
+            return Ok(FromGuest::Consumed);
+        }
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Ok(FromGuest::Forward);
+        };
+        let now = self.clock.now_ms();
+        let verdict = firewall.egress(frame, now);
+        self.log_flow(&verdict, frame.len(), now);
+        if verdict.is_allowed() {
+            Ok(FromGuest::Forward)
+        } else {
+            Err(DropReason::SecurityGroup)
+        }
+    }
+
+    /// The security groups' ingress allowance for a frame the destination
+    /// check let through.
+    fn services_to_guest(&mut self, frame: &[u8]) -> Result<(), DropReason> {
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms();
+        let verdict = firewall.ingress(frame, now);
+        self.log_flow(&verdict, frame.len(), now);
+        if verdict.is_allowed() {
+            Ok(())
+        } else {
+            Err(DropReason::SecurityGroup)
+        }
+    }
+
+    fn log_flow(&mut self, verdict: &Verdict, len: usize, now_ms: u64) {
+        let Some(sink) = self.flow_log.as_mut() else {
+            return;
+        };
+        let (flow, action) = match *verdict {
+            Verdict::Allow { flow } => (flow, Action::Accept),
+            Verdict::Deny { flow, .. } => (flow, Action::Reject),
+        };
+        if let Some(flow) = flow {
+            let bytes = u32::try_from(len).unwrap_or(u32::MAX);
+            sink.log
+                .record(flow.into(), action, bytes, self.clock.unix_ms(now_ms));
         }
     }
 
@@ -159,7 +278,10 @@ impl Datapath {
                 if !self.identity.source_dest_check
                     || self.owned.receives(eth.dst, &self.groups) =>
             {
-                return ToGuest::Deliver;
+                match self.services_to_guest(frame) {
+                    Ok(()) => return ToGuest::Deliver,
+                    Err(reason) => reason,
+                }
             }
             Ok(_) => DropReason::NotForGuest,
         };
@@ -190,6 +312,106 @@ impl Datapath {
     /// Reports the datapath's counters (`snake_case`, only growing).
     pub fn write_metrics(&self, out: &mut dyn FnMut(&'static str, u64)) {
         self.counters.write(out);
+        if let Some(firewall) = &self.firewall {
+            firewall.write_metrics(out);
+        }
+        if let Some(metadata) = &self.metadata {
+            metadata.write_metrics(out);
+        }
+        if let Some(sink) = &self.flow_log {
+            sink.log.write_metrics(out);
+        }
+    }
+
+    /// Filters with these security groups from now on (`None`: unfiltered).
+    pub fn set_firewall(&mut self, firewall: Option<Firewall>) {
+        self.firewall = firewall;
+    }
+
+    /// The security groups, to change their rules live.
+    pub fn firewall_mut(&mut self) -> Option<&mut Firewall> {
+        self.firewall.as_mut()
+    }
+
+    /// The security groups.
+    pub fn firewall(&self) -> Option<&Firewall> {
+        self.firewall.as_ref()
+    }
+
+    /// Serves instance metadata with this service (`None`: frames to
+    /// 169.254.169.254 are dropped).
+    pub fn set_metadata(&mut self, metadata: Option<MetadataService>) {
+        self.metadata = metadata;
+    }
+
+    /// Whether this NIC serves instance metadata.
+    pub fn serves_metadata(&self) -> bool {
+        self.metadata.is_some()
+    }
+
+    /// The metadata service, to replace its document or options live.
+    pub fn metadata_mut(&mut self) -> Option<&mut MetadataService> {
+        self.metadata.as_mut()
+    }
+
+    /// Aggregates flows into `log`, writing its records to `out` at the
+    /// end of each interval.
+    pub fn set_flow_log(&mut self, log: FlowLog, out: std::fs::File) {
+        self.flow_log = Some(FlowLogSink { log, out });
+    }
+
+    /// Time-driven work: metadata retransmissions and timeouts, the
+    /// connection-tracking sweep, flow-log records of an ended interval.
+    /// Call at [`Self::next_deadline_ms`].
+    pub fn poll(&mut self) {
+        let now = self.clock.now_ms();
+        if let Some(metadata) = self.metadata.as_mut() {
+            let local = &mut self.local;
+            let dropped = &mut self.counters.local_frames_dropped;
+            metadata.poll(now, &mut |frame| push_copy(local, dropped, frame));
+        }
+        if let Some(firewall) = self.firewall.as_mut() {
+            if now.saturating_sub(self.last_sweep_ms) >= SWEEP_INTERVAL_MS {
+                firewall.expire(now, SWEEP_BUDGET);
+                self.last_sweep_ms = now;
+            }
+        }
+        if let Some(sink) = self.flow_log.as_mut() {
+            let unix = self.clock.unix_ms(now);
+            if sink.log.flush_due(unix) {
+                if let Err(e) = sink.log.flush(unix, &mut sink.out) {
+                    // Counted by the flow log; say it once per interval.
+                    log::warn!("flow log of {}: {e}", self.identity.mac);
+                }
+            }
+        }
+    }
+
+    /// When [`Self::poll`] has work next (monotonic ms), if ever.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(t) = self
+            .metadata
+            .as_ref()
+            .and_then(MetadataService::next_deadline)
+        {
+            consider(t);
+        }
+        if self.firewall.as_ref().is_some_and(|f| f.flows() > 0) {
+            consider(self.last_sweep_ms + SWEEP_INTERVAL_MS);
+        }
+        if let Some(sink) = &self.flow_log {
+            // Checked once a second; the flow log knows its own interval.
+            let _ = sink;
+            consider(self.clock.now_ms() + FLOW_LOG_CHECK_MS);
+        }
+        next
+    }
+
+    /// Monotonic ms now, as the datapath reads it.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// The verdict on a frame from the guest, or why it is dropped.

@@ -12,7 +12,7 @@ use std::fmt;
 use super::datapath::MAX_LOCAL_FRAME;
 
 /// How many frames can wait.
-pub(crate) const LOCAL_FRAME_SLOTS: usize = 16;
+pub(crate) const LOCAL_FRAME_SLOTS: usize = 64;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -15,6 +15,7 @@
 //! device has an RX buffer for them.
 
 pub(crate) mod checksum;
+pub mod clock;
 mod counters;
 mod datapath;
 mod dhcp;

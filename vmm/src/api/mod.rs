@@ -27,7 +27,7 @@ pub use server::{bind_api_socket, ApiServer, ApiServerError};
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the VM is doing, as Firecracker's `GET /` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +114,15 @@ pub enum ApiRequest {
         /// The body.
         update: DriveUpdate,
     },
+    /// `PUT /network-interfaces/{nic_id}/security-groups`.
+    SetSecurityGroups {
+        /// The path's NIC id.
+        id: String,
+        /// The NIC's groups from now on.
+        config: Box<stratus_devices::net::filter::SecurityGroupsConfig>,
+    },
+    /// `PUT /metadata`.
+    SetMetadata(Box<crate::nic_services::MetadataUpdate>),
 }
 
 /// The event loop's answer.

@@ -21,6 +21,8 @@ pub const ROUTES: RouteTable = &[
     ("GET", "/metrics"),
     ("GET", "/console"),
     ("PATCH", "/drives/{drive_id}"),
+    ("PUT", "/network-interfaces/{nic_id}/security-groups"),
+    ("PUT", "/metadata"),
 ];
 
 /// Matches `path` against a template; returns the `{…}` segment values.
@@ -130,6 +132,14 @@ pub fn route_request(
             "/actions" => action(body).map(ApiRequest::Act),
             "/metrics" => Ok(ApiRequest::Metrics),
             "/console" => console_bytes(query).map(|bytes| ApiRequest::Console { bytes }),
+            "/network-interfaces/{nic_id}/security-groups" => {
+                let id = values.first().copied().unwrap_or_default().to_string();
+                Ok(ApiRequest::SetSecurityGroups {
+                    id,
+                    config: Box::new(json(body)?),
+                })
+            }
+            "/metadata" => Ok(ApiRequest::SetMetadata(Box::new(json(body)?))),
             "/drives/{drive_id}" => {
                 let id = values.first().copied().unwrap_or_default().to_string();
                 let update: DriveUpdate = json(body)?;

@@ -325,6 +325,9 @@ impl VmConfig {
             if !macs.insert(net.mac) {
                 return Err(bad(format!("MAC {} is used twice", net.mac)));
             }
+            // The files it names, read and checked now so a bad one stops
+            // the launch before anything exists.
+            crate::nic_services::NicServices::load(net).map_err(bad)?;
         }
         Ok(())
     }

@@ -1,11 +1,11 @@
 //! One network card as given by
-//! `--net tap=NAME,mac=MAC,ip=ADDR/PREFIX,gw=IP[,id=NAME][,dns=IP[+IP…]][,hostname=NAME][,domain=NAME][,mtu=N][,ipv6=ADDR][,source-dest-check=on|off]`
+//! `--net tap=NAME,mac=MAC,ip=ADDR/PREFIX,gw=IP[,id=NAME][,dns=IP[+IP…]][,hostname=NAME][,domain=NAME][,mtu=N][,ipv6=ADDR][,source-dest-check=on|off][,sg=FILE][,metadata=FILE][,flow-log=FILE]`
 //! or the `nets` array of a JSON config.
 //!
 //! The VMM answers the guest's DHCP with exactly these settings, so the
-//! guest needs no host daemon. `sg=FILE` (security groups) and
-//! `metadata=FILE` (instance metadata) are part of the flag's syntax but
-//! not built yet: they are refused with a clear error rather than ignored.
+//! guest needs no host daemon. `sg=FILE` (security groups),
+//! `metadata=FILE` (instance metadata) and `flow-log=FILE` name JSON files
+//! described in `crate::nic_services`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -141,12 +141,16 @@ pub struct NetConfig {
     /// EC2's source/destination check (on unless turned off).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub source_dest_check: bool,
-    /// Security groups file (not built yet: refused).
+    /// Security groups (JSON); unfiltered when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_groups: Option<PathBuf>,
-    /// Instance metadata document (not built yet: refused).
+    /// Instance metadata service (JSON); frames to it are dropped when
+    /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<PathBuf>,
+    /// Flow logs (JSON); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_log: Option<PathBuf>,
 }
 
 impl FromStr for NetConfig {
@@ -175,6 +179,7 @@ impl FromStr for NetConfig {
             source_dest_check: true,
             security_groups: None,
             metadata: None,
+            flow_log: None,
         };
         for option in spec.split(',') {
             let (key, value) = option
@@ -218,6 +223,7 @@ impl FromStr for NetConfig {
                 }
                 "sg" => net.security_groups = Some(PathBuf::from(value)),
                 "metadata" => net.metadata = Some(PathBuf::from(value)),
+                "flow-log" => net.flow_log = Some(PathBuf::from(value)),
                 _ => return Err(bad(format!("unknown option '{key}'"))),
             }
         }
@@ -330,12 +336,6 @@ impl NetConfig {
                 return Err(format!("domain '{d}' is not a DNS name"));
             }
         }
-        if self.security_groups.is_some() {
-            return Err("sg=: security groups are not implemented yet".into());
-        }
-        if self.metadata.is_some() {
-            return Err("metadata=: the instance metadata service is not implemented yet".into());
-        }
         Ok(())
     }
 
@@ -426,8 +426,6 @@ mod tests {
             ),
             (&format!("{SPEC},mtu=20000"), "mtu"),
             (&format!("{SPEC},hostname=a.b"), "one DNS label"),
-            (&format!("{SPEC},sg=/x.json"), "not implemented"),
-            (&format!("{SPEC},metadata=/x.json"), "not implemented"),
             (&format!("{SPEC},colour=blue"), "unknown option"),
             (
                 &format!("{SPEC},dns=1.1.1.1+2.2.2.2+3.3.3.3+4.4.4.4+5.5.5.5"),

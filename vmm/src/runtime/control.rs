@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 use kvm_bindings::kvm_clock_data;
 use stratus_devices::rate_limiter::RateLimiterConfig;
 
+use stratus_devices::net::filter::{FilterError, Firewall, SecurityGroupsConfig};
+
 use super::{DeviceMetrics, MetricsSnapshot, VcpuMetrics, Vmm};
 use crate::api::{
     Action, ApiError, ApiRequest, ApiResponse, ApiResult, DriveUpdate, InstanceInfo, VmState,
     VmStateChange,
 };
 use crate::device_manager::kind_name;
+use crate::nic_services::{sign_document, MetadataUpdate};
 use crate::outcome::VmOutcome;
 
 impl Vmm {
@@ -58,6 +61,12 @@ impl Vmm {
             ApiRequest::UpdateDrive { id, update } => self
                 .update_drive(&id, &update)
                 .map(|()| ApiResponse::NoContent),
+            ApiRequest::SetSecurityGroups { id, config } => self
+                .set_security_groups(&id, &config)
+                .map(|()| ApiResponse::NoContent),
+            ApiRequest::SetMetadata(update) => {
+                self.set_metadata(*update).map(|()| ApiResponse::NoContent)
+            }
         }
     }
 
@@ -184,6 +193,93 @@ impl Vmm {
             disk.rate_limiter = Some(merged);
         }
         log::info!("drive {id}: rate limits now {merged:?}");
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}/security-groups`: the NIC's groups
+    /// from now on, applied between two packets. Tracked flows stay (as on
+    /// EC2, they last until idle); untracked ones are judged by the new
+    /// rules from the next packet. A NIC launched without groups starts
+    /// filtering. An invalid document changes nothing.
+    fn set_security_groups(
+        &mut self,
+        id: &str,
+        config: &SecurityGroupsConfig,
+    ) -> Result<(), ApiError> {
+        let Some(nic) = self.parts.devices.nics().iter().find(|n| n.id == id) else {
+            return Err(ApiError::not_found(format!(
+                "no network interface with id {id:?}"
+            )));
+        };
+        let invalid =
+            |e: FilterError| ApiError::bad_request(format!("invalid security groups: {e}"));
+        let mut net = nic.net.lock().unwrap_or_else(|p| p.into_inner());
+        let datapath = net.datapath_mut();
+        match datapath.firewall_mut() {
+            Some(firewall) => firewall.replace_rules(config).map_err(invalid)?,
+            None => datapath.set_firewall(Some(Firewall::new(config).map_err(invalid)?)),
+        }
+        let rules: usize = config
+            .groups
+            .iter()
+            .map(|g| g.ingress.len() + g.egress.len())
+            .sum();
+        log::info!(
+            "network interface {id}: {} security groups, {rules} rules",
+            config.groups.len()
+        );
+        Ok(())
+    }
+
+    /// `PUT /metadata`: a new document (signed again with the NIC's key)
+    /// and optionally new options, for every NIC that serves metadata.
+    /// Checked for every NIC before any changes.
+    fn set_metadata(&mut self, update: MetadataUpdate) -> Result<(), ApiError> {
+        let bad = |e: String| ApiError::bad_request(format!("invalid metadata: {e}"));
+        let nics: Vec<_> = self
+            .parts
+            .devices
+            .nics()
+            .iter()
+            .filter(|n| {
+                n.net
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .datapath()
+                    .serves_metadata()
+            })
+            .collect();
+        if nics.is_empty() {
+            return Err(ApiError::conflict(
+                "no network interface serves metadata (launch it with --net …,metadata=FILE)",
+            ));
+        }
+        update.document.validate().map_err(|e| bad(e.to_string()))?;
+        if let Some(options) = &update.options {
+            options.validate().map_err(|e| bad(e.to_string()))?;
+        }
+        let mut documents = Vec::with_capacity(nics.len());
+        for nic in &nics {
+            let mut doc = update.document.clone();
+            if let Some(signer) = &nic.signer {
+                sign_document(&mut doc, signer).map_err(ApiError::internal)?;
+            }
+            documents.push(doc);
+        }
+        for (nic, doc) in nics.iter().zip(documents) {
+            let mut net = nic.net.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(metadata) = net.datapath_mut().metadata_mut() {
+                metadata
+                    .replace_document(doc)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                if let Some(options) = update.options {
+                    metadata
+                        .set_options(options)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                }
+            }
+        }
+        log::info!("metadata replaced on {} network interfaces", nics.len());
         Ok(())
     }
 

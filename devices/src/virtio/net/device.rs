@@ -8,6 +8,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::NetMetrics;
 use super::rx::RxChains;
@@ -38,6 +39,9 @@ pub enum NetError {
     /// The device's eventfds could not be created.
     #[error("cannot create the device's eventfds: {0}")]
     EventFd(std::io::Error),
+    /// The datapath's timer could not be created.
+    #[error("cannot create the datapath timer: {0}")]
+    Timer(vmm_sys_util::errno::Error),
     /// The NIC's MAC address cannot be a station's.
     #[error("MAC address {0} is multicast or zero")]
     BadMac(crate::net::MacAddr),
@@ -82,11 +86,17 @@ pub struct Net {
     pub(super) rx_chains: RxChains,
     /// The frame the guest is sending, gathered from its chain.
     pub(super) tx_buf: Box<[u8]>,
+    /// Wakes the device for the datapath's time-driven work (metadata
+    /// retransmissions, connection-tracking sweeps, flow-log intervals).
+    pub(super) timer: TimerFd,
+    /// When the timer is armed for (the datapath's monotonic ms).
+    pub(super) timer_deadline: Option<u64>,
     pub(super) metrics: NetMetrics,
 }
 
 impl Net {
-    /// A NIC for `identity` over `tap`.
+    /// A NIC for `identity` over `tap`, with a datapath of only the source
+    /// check and DHCP; see [`Self::datapath_mut`] for the rest.
     pub fn new(tap: Tap, identity: NicIdentity) -> Result<Self, NetError> {
         if !identity.mac.is_unicast() || identity.mac.is_zero() {
             return Err(NetError::BadMac(identity.mac));
@@ -133,8 +143,22 @@ impl Net {
             rx_local: false,
             rx_chains: RxChains::new(usize::from(QUEUE_SIZE)),
             tx_buf: vec![0; MAX_BUFFER].into_boxed_slice(),
+            timer: TimerFd::new().map_err(NetError::Timer)?,
+            timer_deadline: None,
             metrics: NetMetrics::default(),
         })
+    }
+
+    /// The datapath, to give it security groups, metadata and a flow log
+    /// or change them live (through the device lock, like every other
+    /// change: the datapath runs on the device's thread).
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
+    /// The datapath.
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
     }
 
     /// Counters since creation.

@@ -7,6 +7,7 @@
 //! notification that brings new buffers watches it again.
 
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -20,6 +21,7 @@ use crate::virtio::VirtioDevice;
 pub(super) struct Watching {
     queues: bool,
     tap: bool,
+    timer: bool,
 }
 
 /// Adds or removes `fd` so that it is watched exactly when `want`.
@@ -58,6 +60,8 @@ impl Net {
                 self.tap.name()
             );
         }
+        let fd = self.timer.as_raw_fd();
+        watch(ops, fd, &mut self.watching.timer, active, "datapath timer");
         if !active {
             // A frame waiting for the old driver's buffers is dropped.
             self.rx_len = None;
@@ -76,6 +80,36 @@ impl Net {
         let want_tap = self.is_activated() && stop != RxStop::NoRoom;
         let fd = self.tap.as_raw_fd();
         watch(ops, fd, &mut self.watching.tap, want_tap, "tap");
+    }
+
+    /// The timer fired: the datapath's time-driven work, then whatever it
+    /// queued for the guest.
+    fn on_timer(&mut self, ops: &mut EventOps) {
+        // Readable, so this does not block; the count does not matter.
+        let _ = self.timer.wait();
+        self.timer_deadline = None;
+        self.datapath.poll();
+        self.pump_rx(ops);
+    }
+
+    /// Arms the timer for the datapath's next deadline, if it moved.
+    fn rearm_timer(&mut self) {
+        let want = if self.is_activated() {
+            self.datapath.next_deadline_ms()
+        } else {
+            None
+        };
+        if want == self.timer_deadline {
+            return;
+        }
+        // Zero disarms a timerfd; anything due now fires in a millisecond.
+        let delay = want.map_or(Duration::ZERO, |t| {
+            Duration::from_millis(t.saturating_sub(self.datapath.now_ms()).max(1))
+        });
+        match self.timer.reset(delay, None) {
+            Ok(()) => self.timer_deadline = want,
+            Err(e) => log::error!("virtio-net: cannot arm the datapath timer: {e}"),
+        }
     }
 }
 
@@ -99,7 +133,10 @@ impl MutEventSubscriber for Net {
             self.pump_rx(ops);
         } else if fd == self.tap.as_raw_fd() {
             self.pump_rx(ops);
+        } else if fd == self.timer.as_raw_fd() {
+            self.on_timer(ops);
         }
+        self.rearm_timer();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
