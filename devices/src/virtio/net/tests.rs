@@ -294,8 +294,18 @@ fn udp_frame(
     f
 }
 
+/// The device on `tap`, once the host kernel has noticed the tap is
+/// attached: until its link-watch work runs (it may take a second) frames
+/// sent to the interface are dropped, which would make the tests flaky.
 fn device(tap: &TestTap) -> Net {
-    Net::new(Tap::open(&tap.name).unwrap(), identity()).unwrap()
+    let dev = Net::new(Tap::open(&tap.name).unwrap(), identity()).unwrap();
+    let operstate = format!("/sys/class/net/{}/operstate", tap.name);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&operstate).unwrap_or_default().trim() != "up" {
+        assert!(Instant::now() < deadline, "{} never came up", tap.name);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dev
 }
 
 /// Waits until the tap fd has something to read (the host sent a frame).
