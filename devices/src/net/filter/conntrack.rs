@@ -6,8 +6,9 @@
 //!   one zeroed allocation the kernel maps lazily.
 //! * There are twice as many slots as `max_flows`, so probes stay short
 //!   (load ≤ ½). Beyond `max_flows` occupied slots a new flow is refused.
-//! * The hash is a folded 64×64→128 multiply keyed by a per-table random
-//!   seed, so a peer cannot aim its flows at one chain.
+//! * The hash is three folded 64×64→128 multiplies of the key words
+//!   xored with six per-table random seeds (drawn once from the std
+//!   `RandomState`), so a peer cannot aim its flows at one chain.
 //! * Expiry is lazy: a lookup treats an idle-too-long flow as absent, and
 //!   an insertion reuses the first expired slot on its probe path (valid
 //!   with linear probing: the slot is on the path of the new key too).
@@ -46,6 +47,7 @@ pub(super) struct Key([u64; KEY_WORDS]);
 impl Key {
     /// The key of endpoints `a` and `b` (address, port) of protocol
     /// `proto` and family `v6`.
+    #[inline(always)]
     pub(super) fn new(v6: bool, proto: u8, a: (u128, u16), b: (u128, u16)) -> Self {
         let meta = KEY_VALID
             | u64::from(v6) << 40
@@ -157,8 +159,19 @@ pub(super) struct FlowTable {
     max_flows: usize,
     /// Occupied slots (live or expired, not yet reused or swept).
     count: usize,
-    seeds: [u64; 2],
+    seeds: [u64; 6],
     cursor: usize,
+}
+
+/// Whether `slot` holds `key` (word by word, no memcmp call).
+#[inline(always)]
+fn same_key(slot: &Slot, key: &[u64; KEY_WORDS]) -> bool {
+    (slot[0] ^ key[0])
+        | (slot[1] ^ key[1])
+        | (slot[2] ^ key[2])
+        | (slot[3] ^ key[3])
+        | (slot[4] ^ key[4])
+        == 0
 }
 
 /// A folded multiply: the two halves of the 128-bit product, xored.
@@ -172,14 +185,14 @@ impl FlowTable {
     /// An empty table for `max_flows` flows (≥ 1).
     pub(super) fn new(max_flows: usize) -> Self {
         let state = RandomState::new();
-        let seeds = [
-            state.hash_one(0x5ec0_0001_u64) | 1,
-            state.hash_one(0x5ec0_0002_u64) | 1,
-        ];
+        let mut seeds = [0; 6];
+        for (i, seed) in (0u64..).zip(seeds.iter_mut()) {
+            *seed = state.hash_one(0x5ec0_0000 + i);
+        }
         Self::with_seeds(max_flows, seeds)
     }
 
-    fn with_seeds(max_flows: usize, seeds: [u64; 2]) -> Self {
+    fn with_seeds(max_flows: usize, seeds: [u64; 6]) -> Self {
         let max_flows = max_flows.max(1);
         Self {
             // Zeroed arrays of integers come from a zeroed allocation.
@@ -224,12 +237,15 @@ impl FlowTable {
         *self = bigger;
     }
 
-    #[inline]
+    #[inline(always)]
     fn home(&self, key: &Key) -> usize {
-        let mut h = self.seeds[0];
-        for &w in &key.0 {
-            h = fold_mul(h ^ w, self.seeds[1]);
-        }
+        // Two independent folded multiplies of the keyed address words,
+        // then one of both with the ports: a short dependency chain.
+        let [k0, k1, k2, k3, k4] = key.0;
+        let s = &self.seeds;
+        let x = fold_mul(k0 ^ s[0], k1 ^ s[1]);
+        let y = fold_mul(k2 ^ s[2], k3 ^ s[3]);
+        let h = fold_mul(x ^ k4 ^ s[4], y ^ s[5]);
         // Multiply-shift onto 0..len (no power of two needed).
         let len = self.slots.len() as u128;
         usize::try_from((u128::from(h) * len) >> 64).unwrap_or(0)
@@ -245,7 +261,7 @@ impl FlowTable {
     }
 
     /// Finds `key`'s live flow, or where a new one would go.
-    #[inline]
+    #[inline(always)]
     pub(super) fn lookup(&self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> Lookup {
         let mut i = self.home(key);
         let mut expired_slot = None;
@@ -268,7 +284,7 @@ impl FlowTable {
                 };
             }
             let expired = Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts);
-            if slot[..KEY_WORDS] == key.0 {
+            if same_key(slot, &key.0) {
                 return if expired {
                     Lookup::Absent {
                         slot: Some(i),
@@ -378,12 +394,19 @@ impl FlowTable {
     }
 
     /// For a new flow that found the table full: removes the expired
-    /// flows among the [`LOCAL_SWEEP`] slots from `key`'s home on, so a
-    /// full table of idle flows does not refuse it for want of a sweep.
-    /// Returns how many it removed.
+    /// flows among the [`LOCAL_SWEEP`] slots from `key`'s home on or, if
+    /// there are none, among the next `4 * LOCAL_SWEEP` slots of the
+    /// incremental sweep, so a full table of idle flows does not refuse it
+    /// for want of a sweep. Returns how many it removed.
     pub(super) fn make_room(&mut self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> usize {
         let home = self.home(key);
-        self.sweep(home, LOCAL_SWEEP, now_ms, timeouts).0
+        match self.sweep(home, LOCAL_SWEEP, now_ms, timeouts).0 {
+            // New flows fill the expired slots near where they land, so a
+            // neighbourhood can run out while the table has plenty: then
+            // the incremental sweep goes on a little instead.
+            0 => self.expire(now_ms, 4 * LOCAL_SWEEP, timeouts),
+            removed => removed,
+        }
     }
 
     /// Every occupied slot's key and flow (tests).
@@ -433,7 +456,10 @@ mod tests {
 
     #[test]
     fn insert_find_fill_and_reuse_expired() {
-        let mut t = FlowTable::with_seeds(100, [0x1234_5679, 0x9876_5433]);
+        let mut t = FlowTable::with_seeds(
+            100,
+            [1u64, 2, 3, 4, 5, 6].map(|n| n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        );
         for n in 0..100 {
             assert!(add(&mut t, &key(n), 0), "{n}");
         }
@@ -465,7 +491,7 @@ mod tests {
     #[test]
     fn sweep_removes_expired_and_keeps_chains_whole() {
         // Few slots per flow so chains are long and wrap around.
-        let mut t = FlowTable::with_seeds(64, [3, 5]);
+        let mut t = FlowTable::with_seeds(64, [3, 5, 7, 11, 13, 17]);
         for n in 0..64 {
             assert!(add(&mut t, &key(n), u64::from(n % 2) * 500));
         }

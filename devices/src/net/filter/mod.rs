@@ -72,9 +72,10 @@
 //! A new flow is classified in two binary searches (see `classifier.rs`),
 //! never by scanning rules. When the table holds `max_flows` flows, a new
 //! flow takes the place of an expired one on its probe path, or of one
-//! among the 64 slots after its home (swept then); failing that it is
-//! dropped and counted (`conntrack_allowance_exceeded`), as EC2 does when
-//! the conntrack allowance is exceeded.
+//! swept then among the 64 slots after its home or the next 256 of the
+//! incremental sweep; failing that it is dropped and counted
+//! (`conntrack_allowance_exceeded`), as EC2 does when the conntrack
+//! allowance is exceeded.
 
 mod classifier;
 mod config;
@@ -326,6 +327,7 @@ fn flow_key(p: &Packet<'_>) -> FlowKey {
 
 /// The canonical key of a packet and whether its source is the key's
 /// first endpoint.
+#[inline(always)]
 fn conn_key(v6: bool, proto: u8, src: u128, dst: u128, l4: KeyL4) -> (Key, bool) {
     match l4 {
         KeyL4::Ports(sp, dp) => {
