@@ -59,8 +59,10 @@
 //!   to; EC2 answers it in the VPC fabric, outside security groups), and
 //!   IPv6 neighbor discovery (router solicitation/advertisement, neighbor
 //!   solicitation/advertisement, redirect, with hop limit 255, which
-//!   proves they never crossed a router) and MLD (hop limit 1 from a
-//!   link-local or unspecified source): the link-local control plane
+//!   proves they never crossed a router, and a link-local or unspecified
+//!   source, a link-local destination or a link-scope multicast one) and
+//!   MLD (hop limit 1 from a link-local or unspecified source): the
+//!   link-local control plane
 //!   between the guest, its neighbors and its router, which EC2 never
 //!   subjects to security groups, and without which IPv6 stops working.
 //! * Denied packets are dropped silently (counted).
@@ -303,10 +305,17 @@ fn link_local_control(p: &Packet<'_>) -> bool {
     if !p.v6 || p.proto != IPPROTO_ICMPV6 {
         return false;
     }
-    let link_local_or_unspecified = p.src >> 118 == 0xfe80 >> 6 || p.src == 0;
+    let link_local = |a: u128| a >> 118 == 0xfe80 >> 6;
+    let link_scope_multicast = p.dst >> 112 == 0xff02;
     match ty {
-        133..=137 => p.hop_limit == 255,
-        130..=132 | 143 => p.hop_limit == 1 && link_local_or_unspecified,
+        // The hop limit proves the message crossed no router; the
+        // addresses keep it to the link (no global-to-global messages
+        // past the rules).
+        133..=137 => {
+            p.hop_limit == 255
+                && (link_local(p.src) || link_local(p.dst) || link_scope_multicast || p.src == 0)
+        }
+        130..=132 | 143 => p.hop_limit == 1 && (link_local(p.src) || p.src == 0),
         _ => false,
     }
 }

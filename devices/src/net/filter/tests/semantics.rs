@@ -47,15 +47,13 @@ fn no_groups_let_nothing_in_or_out_but_arp_and_neighbor_discovery() {
         );
         allowed(fw.ingress(&ns, 0));
         allowed(fw.egress(&ns, 0));
-        let global = ip_frame_with(
-            REMOTE6,
-            GUEST6,
-            58,
-            &icmp_message(ty, 0, 0, &[0; 16]),
-            255,
-            None,
-        );
-        allowed(fw.ingress(&global, 0));
+        let nd = |src: &str, dst: &str| {
+            ip_frame_with(src, dst, 58, &icmp_message(ty, 0, 0, &[0; 16]), 255, None)
+        };
+        allowed(fw.egress(&nd(GUEST6, "fe80::1"), 0));
+        allowed(fw.ingress(&nd("::", "ff02::1:ff00:5"), 0));
+        // Global to global: not the link's control plane.
+        denied(fw.ingress(&nd(REMOTE6, GUEST6), 0), DenyReason::NoRule);
         // Routed (hop limit below 255): not neighbor discovery.
         let routed = ip_frame_with(
             REMOTE6,
@@ -111,8 +109,8 @@ fn no_groups_let_nothing_in_or_out_but_arp_and_neighbor_discovery() {
         ),
         DenyReason::NoRule,
     );
-    assert_eq!(metric(&fw, "sg_unfiltered"), 2 + 5 * 3 + 4 * 2);
-    assert_eq!(metric(&fw, "sg_denied_ingress"), 2 + 5 + 1);
+    assert_eq!(metric(&fw, "sg_unfiltered"), 2 + 5 * 4 + 4 * 2);
+    assert_eq!(metric(&fw, "sg_denied_ingress"), 2 + 5 * 2 + 1);
     assert_eq!(metric(&fw, "sg_denied_egress"), 3 + 4);
 }
 
