@@ -11,6 +11,8 @@ mod common;
 mod control;
 #[path = "boot/net.rs"]
 mod net;
+#[path = "boot/net_pair.rs"]
+mod net_pair;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -113,10 +115,16 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
         );
         control::add_cases(&mut script, &tiny);
         net::add_cases(&mut script, &tiny);
+        net_pair::add_cases(&mut host, &mut script, &images.tiny, &tiny);
+        net::teardown(&mut script);
         host.scenario(script.text());
         // Every case timing out, plus the host's own boot, fits in this.
         host.timeout(Duration::from_secs(
-            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS + net::TIMEOUT_SECS + 3 * 60 + 180,
+            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS
+                + net::TIMEOUT_SECS
+                + net_pair::TIMEOUT_SECS
+                + 3 * 60
+                + 180,
         ));
         Ok(host)
     })

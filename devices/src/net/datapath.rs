@@ -43,6 +43,18 @@ struct FlowLogSink {
     out: std::fs::File,
 }
 
+impl Drop for FlowLogSink {
+    /// The NIC goes away (the VMM exits): the interval in progress is
+    /// written now rather than lost.
+    fn drop(&mut self) {
+        let clock = Clock::new();
+        let unix = clock.unix_ms(clock.now_ms());
+        if let Err(e) = self.log.flush(unix, &mut self.out) {
+            log::warn!("flow log: last records: {e}");
+        }
+    }
+}
+
 /// Queues a frame the datapath made for the guest, counting it if the
 /// queue is full.
 fn push_copy(local: &mut LocalFrames, dropped: &mut u64, frame: &[u8]) {

@@ -23,9 +23,9 @@ pub const IPROUTE2: &str = "iproute2";
 /// Host modules the cases need.
 pub const MODULES: &[&str] = &["tun", "bridge"];
 
-const BRIDGE: &str = "stbr0";
+pub const BRIDGE: &str = "stbr0";
 const TAP: &str = "sttap0";
-const GATEWAY: &str = "10.0.99.1";
+pub const GATEWAY: &str = "10.0.99.1";
 const GUEST_IP: &str = "10.0.99.5";
 const GUEST_MAC: &str = "02:00:0a:00:63:05";
 const DNS: &str = "10.0.99.2";
@@ -66,6 +66,11 @@ pub fn add_cases(script: &mut Script, tiny: &GuestFiles) {
     let missing = guest.stratus_vmm_with("stdout", &["--net", &nic_spec("stnotap0")]);
     script.case("net_missing_tap", 60, &missing);
 
+}
+
+/// Removes what [`add_cases`] created (after every case that uses it).
+pub fn teardown(script: &mut Script) {
+    let ip = IPROUTE2;
     script.line(&format!("{ip} link del {TAP}; {ip} link del {BRIDGE}"));
 }
 
