@@ -159,7 +159,7 @@ $P session $B 9000 {SESSION_SECS} > /tmp/untracked.log 2>&1 &
 sleep 4
 echo revoke-now
 i=0
-while [ $i -lt 25 ]; do
+while [ $i -lt 60 ]; do
     r=$($P tcp $B 8081 1000)
     case "$r" in fail*) break ;; esac
     i=$((i + 1))
@@ -562,4 +562,20 @@ fn flow_log_records_match_the_traffic() {
     assert!(has("8082", "6", "REJECT"), "{records:?}");
     assert!(has("9090", "17", "ACCEPT"), "{records:?}");
     assert!(has("9091", "17", "REJECT"), "{records:?}");
+}
+
+#[test]
+fn metrics_count_security_group_decisions_per_rule_and_reason() {
+    let Some(case) = pair_case() else { return };
+    let value = |prefix: &str| -> u64 {
+        case.stdout
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let rule = "METRICS-B stratus_vmm_sg_rule_packets_total{device=\"net0\",group=\"sg-b\",direction=\"ingress\"";
+    assert!(value(rule) > 0, "no per-rule counts\n{}", case.describe());
+    let denied = "METRICS-B stratus_vmm_device_events_total{device=\"net0\",kind=\"net\",counter=\"sg_denied_ingress\"}";
+    assert!(value(denied) > 0, "no denied count\n{}", case.describe());
 }

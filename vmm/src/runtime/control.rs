@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use kvm_bindings::kvm_clock_data;
 use stratus_devices::rate_limiter::RateLimiterConfig;
 
-use stratus_devices::net::filter::{FilterError, Firewall, SecurityGroupsConfig};
+use stratus_devices::net::filter::{Direction, FilterError, Firewall, SecurityGroupsConfig};
 
-use super::{DeviceMetrics, MetricsSnapshot, VcpuMetrics, Vmm};
+use super::{DeviceMetrics, MetricsSnapshot, RuleHitMetrics, VcpuMetrics, Vmm};
 use crate::api::{
     Action, ApiError, ApiRequest, ApiResponse, ApiResult, DriveUpdate, InstanceInfo, VmState,
     VmStateChange,
@@ -300,6 +300,25 @@ impl Vmm {
                 }
             })
             .collect();
+        let mut rule_hits = Vec::new();
+        for nic in self.parts.devices.nics() {
+            let net = nic.net.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(firewall) = net.datapath().firewall() {
+                for (rule, packets) in firewall.rule_hits() {
+                    rule_hits.push(RuleHitMetrics {
+                        device: nic.id.clone(),
+                        group: rule.group.to_string(),
+                        direction: match rule.direction {
+                            Direction::Ingress => "ingress",
+                            Direction::Egress => "egress",
+                        },
+                        rule: rule.rule,
+                        peer: rule.peer,
+                        packets,
+                    });
+                }
+            }
+        }
         let devices = self
             .parts
             .devices
@@ -338,6 +357,7 @@ impl Vmm {
                 .total(),
             vcpus,
             devices,
+            rule_hits,
         }
     }
 }

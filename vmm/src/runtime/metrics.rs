@@ -34,6 +34,24 @@ pub struct DeviceMetrics {
     pub counters: BTreeMap<&'static str, u64>,
 }
 
+/// Packets one security-group rule allowed (new flows and untracked
+/// packets; packets of tracked flows pass without a rule).
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleHitMetrics {
+    /// The NIC id.
+    pub device: String,
+    /// The security group's id.
+    pub group: String,
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// The rule's index in the group's list for that direction.
+    pub rule: usize,
+    /// Which of the rule's CIDRs, then source groups, matched.
+    pub peer: usize,
+    /// Packets.
+    pub packets: u64,
+}
+
 /// Everything `GET /metrics` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct MetricsSnapshot {
@@ -55,6 +73,8 @@ pub struct MetricsSnapshot {
     pub vcpus: Vec<VcpuMetrics>,
     /// Per device.
     pub devices: Vec<DeviceMetrics>,
+    /// Per security-group rule of every NIC.
+    pub rule_hits: Vec<RuleHitMetrics>,
 }
 
 /// Escapes a Prometheus label value.
@@ -195,6 +215,30 @@ impl MetricsSnapshot {
             "Per-device counters (requests, bytes, errors, refused guest writes), by counter name.",
             &devices,
         );
+        let rules: Vec<_> = self
+            .rule_hits
+            .iter()
+            .map(|r| {
+                (
+                    format!(
+                        "{{device=\"{}\",group=\"{}\",direction=\"{}\",rule=\"{}\",peer=\"{}\"}}",
+                        label(&r.device),
+                        label(&r.group),
+                        r.direction,
+                        r.rule,
+                        r.peer
+                    ),
+                    r.packets.to_string(),
+                )
+            })
+            .collect();
+        family(
+            &mut out,
+            "stratus_vmm_sg_rule_packets_total",
+            "counter",
+            "Packets each security-group rule allowed (new flows and untracked packets), by NIC, group, direction, rule and matching peer.",
+            &rules,
+        );
         out
     }
 }
@@ -217,6 +261,14 @@ mod tests {
                 exits: BTreeMap::from([("pio_read", 3), ("mmio_write", 4)]),
                 coalesced_writes: 7,
             }],
+            rule_hits: vec![RuleHitMetrics {
+                device: "net0".into(),
+                group: "sg-1".into(),
+                direction: "ingress",
+                rule: 2,
+                peer: 0,
+                packets: 5,
+            }],
             devices: vec![DeviceMetrics {
                 name: "root\"fs".into(),
                 kind: "block",
@@ -234,6 +286,9 @@ mod tests {
             "stratus_vmm_device_events_total{device=\"root\\\"fs\",kind=\"block\",counter=\"reads\"} 9\n"
         ));
         assert!(text.contains("stratus_vmm_boot_time_seconds 0.250000\n"));
+        assert!(text.contains(
+            "stratus_vmm_sg_rule_packets_total{device=\"net0\",group=\"sg-1\",direction=\"ingress\",rule=\"2\",peer=\"0\"} 5\n"
+        ));
         // Each family's samples follow its own header, never another's.
         let exits_header = text.find("# TYPE stratus_vmm_vcpu_exits_total").unwrap();
         let exits_sample = text.find("stratus_vmm_vcpu_exits_total{").unwrap();

@@ -31,7 +31,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-pub use metrics::{DeviceMetrics, MetricsSnapshot, VcpuMetrics};
+pub use metrics::{DeviceMetrics, MetricsSnapshot, RuleHitMetrics, VcpuMetrics};
 
 use crate::api::{ApiInbox, ApiServer, VmState};
 use crate::coalesced::CoalescedRing;

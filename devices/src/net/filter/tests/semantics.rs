@@ -860,3 +860,32 @@ fn flow_keys_name_the_packet() {
     };
     assert_eq!((f.src_port, f.dst_port, f.protocol), (0, 0, 58));
 }
+
+/// The end-to-end test's server, in miniature: a tracked CIDR rule and an
+/// untracked `/0` rule revoked together while sessions run.
+#[test]
+fn revoking_a_cidr_rule_refuses_new_connections_from_that_cidr() {
+    let with = |revocable: bool| {
+        let mut ingress = vec![
+            json!({"protocol": "tcp", "from_port": 8080, "to_port": 8080, "source_groups": ["sg-a"]}),
+            json!({"protocol": "udp", "from_port": 9090, "to_port": 9090, "cidrs": ["198.51.100.7/32"]}),
+        ];
+        if revocable {
+            ingress.insert(0, json!({"protocol": "tcp", "from_port": 9000, "to_port": 9000, "cidrs": ["0.0.0.0/0"]}));
+            ingress.insert(0, json!({"protocol": "tcp", "from_port": 8081, "to_port": 8081, "cidrs": ["198.51.100.0/24"]}));
+        }
+        config(json!({"groups": [{"id": "sg-b", "ingress": ingress, "egress": all_out()}],
+            "address_sets": {"sg-a": [REMOTE]}}))
+    };
+    let mut fw = Firewall::new(&with(true)).unwrap();
+    for (sp, dp) in [(40000, 8081), (40001, 9000)] {
+        allowed(fw.ingress(&tcp(REMOTE, sp, GUEST, dp, SYN), 0));
+        allowed(fw.egress(&tcp(GUEST, dp, REMOTE, sp, SYN_ACK), 0));
+        allowed(fw.ingress(&tcp(REMOTE, sp, GUEST, dp, ACK), 0));
+    }
+    fw.replace_rules(&with(false)).unwrap();
+    allowed(fw.ingress(&tcp(REMOTE, 40000, GUEST, 8081, ACK), 10));
+    denied(fw.ingress(&tcp(REMOTE, 40001, GUEST, 9000, ACK), 10), DenyReason::NoRule);
+    denied(fw.ingress(&tcp(REMOTE, 40002, GUEST, 8081, SYN), 10), DenyReason::NoRule);
+    allowed(fw.ingress(&tcp(REMOTE, 40003, GUEST, 8080, SYN), 10));
+}
