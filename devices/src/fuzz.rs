@@ -99,6 +99,181 @@ pub fn block_requests(data: &[u8]) {
     }
 }
 
+/// The guest's MAC, IPv4 address and gateway in the net fuzz targets.
+const FUZZ_MAC: [u8; 6] = [2, 0, 10, 0, 0, 5];
+const FUZZ_IP: [u8; 4] = [10, 0, 0, 5];
+const FUZZ_GW: [u8; 4] = [10, 0, 0, 1];
+
+/// A NIC datapath with everything on: source check, DHCP, security
+/// groups (tracked, untracked and address-set rules), metadata.
+fn fuzz_datapath() -> Option<crate::net::Datapath> {
+    use crate::net::filter::{Firewall, SecurityGroupsConfig};
+    use crate::net::metadata::{GuestAddrs, MetadataDocument, MetadataOptions, MetadataService};
+    use crate::net::{Datapath, MacAddr, NicIdentity};
+
+    let identity = NicIdentity {
+        mac: MacAddr(FUZZ_MAC),
+        ipv4: FUZZ_IP.into(),
+        prefix_len: 24,
+        gateway: FUZZ_GW.into(),
+        ipv6: Some("fd00::5".parse().ok()?),
+        dns: vec![FUZZ_GW.into()],
+        hostname: "ip-10-0-0-5".into(),
+        domain: "compute.internal".into(),
+        mtu: 1500,
+        lease_secs: 3600,
+        source_dest_check: true,
+    };
+    let sg: SecurityGroupsConfig = serde_json::from_str(
+        r#"{"groups": [{"id": "sg-1",
+            "ingress": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidrs": ["10.0.0.0/8"]},
+                        {"protocol": "tcp", "from_port": 80, "to_port": 80, "cidrs": ["0.0.0.0/0"]},
+                        {"protocol": "udp", "from_port": 53, "to_port": 53, "source_groups": ["sg-2"]},
+                        {"protocol": "icmp", "from_port": 8, "to_port": -1, "cidrs": ["0.0.0.0/0"]},
+                        {"protocol": "icmpv6", "from_port": -1, "to_port": -1, "cidrs": ["::/0"]}],
+            "egress": [{"protocol": "-1", "cidrs": ["0.0.0.0/0", "::/0"]}]}],
+          "address_sets": {"sg-2": ["10.0.0.9", "fd00::9"]},
+          "connection_tracking": {"max_flows": 64}}"#,
+    )
+    .ok()?;
+    let doc: MetadataDocument = serde_json::from_str(
+        r#"{"instance_id": "i-0123456789abcdef0", "ami_id": "ami-0123456789abcdef0",
+            "instance_type": "t3.micro", "account_id": "123456789012", "region": "us-east-1",
+            "availability_zone": "us-east-1a", "local_ipv4": "10.0.0.5",
+            "local_hostname": "ip-10-0-0-5", "hostname": "ip-10-0-0-5",
+            "mac": "02:00:0a:00:00:05", "pending_time": "2026-11-30T00:00:00Z",
+            "user_data": "aGVsbG8K"}"#,
+    )
+    .ok()?;
+    let guest = GuestAddrs {
+        mac: MacAddr(FUZZ_MAC),
+        ipv4: FUZZ_IP.into(),
+        ipv6: identity.ipv6,
+    };
+    let metadata = MetadataService::new(doc, MetadataOptions::default(), guest).ok()?;
+    let mut datapath = Datapath::new(identity);
+    datapath.set_firewall(Some(Firewall::new(&sg).ok()?));
+    datapath.set_metadata(Some(metadata));
+    Some(datapath)
+}
+
+/// Frames through one NIC's whole datapath, both ways: `data` is a
+/// sequence of records `[flags, len_lo, len_hi, bytes…]`; bit 0 of flags
+/// picks the direction (guest TX or tap RX), bit 1 runs the timer work
+/// afterwards, bit 2 gives the frame the guest's own Ethernet and IPv4
+/// source (TX) or destination (RX) so the fuzzer gets past the source and
+/// destination checks into DHCP, metadata and the security groups.
+pub fn net_datapath(data: &[u8]) {
+    let Some(mut datapath) = fuzz_datapath() else {
+        return;
+    };
+    let mut frame = Vec::with_capacity(2048);
+    let mut out = vec![0u8; crate::net::MAX_LOCAL_FRAME];
+    let mut rest = data;
+    while let [flags, lo, hi, tail @ ..] = rest {
+        let len = usize::from(u16::from_le_bytes([*lo, *hi]))
+            .min(tail.len())
+            .min(4096);
+        let (bytes, next) = tail.split_at(len);
+        rest = next;
+        frame.clear();
+        frame.extend_from_slice(bytes);
+        let tx = flags & 1 == 0;
+        if flags & 4 != 0 && frame.len() >= 34 {
+            if tx {
+                frame[6..12].copy_from_slice(&FUZZ_MAC);
+                frame[26..30].copy_from_slice(&FUZZ_IP);
+            } else {
+                frame[0..6].copy_from_slice(&FUZZ_MAC);
+                frame[30..34].copy_from_slice(&FUZZ_IP);
+            }
+            frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        }
+        if tx {
+            let _ = datapath.from_guest(&frame);
+        } else {
+            let _ = datapath.to_guest(&frame);
+        }
+        if flags & 2 != 0 {
+            datapath.poll();
+        }
+        while datapath.pop_local_frame(&mut out).is_some() {}
+    }
+    let _ = datapath.next_deadline_ms();
+}
+
+/// An IPv4/TCP frame from the guest to the metadata service.
+fn metadata_segment(sport: u16, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(54 + payload.len());
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // the gateway's MAC, as the guest routes it
+    f.extend_from_slice(&FUZZ_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = u16::try_from(40 + payload.len()).unwrap_or(u16::MAX);
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&FUZZ_IP);
+    f.extend_from_slice(&[169, 254, 169, 254]);
+    let sum = crate::net::checksum::internet_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&80u16.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&ack.to_be_bytes());
+    // Header length 5 words; no options. The checksum is left 0: offloaded
+    // checksums arrive partial, so the service does not check them.
+    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HTTP requests to the metadata service over a real TCP conversation:
+/// a handshake, then `data` as the request stream in segments (each
+/// record `[len, bytes…]`), so the fuzzer drives the HTTP parser and the
+/// IMDS rules rather than the handshake.
+pub fn metadata_http(data: &[u8]) {
+    let _ = metadata_conversation(data);
+}
+
+/// [`metadata_http`], returning the datapath for a look at its counters.
+fn metadata_conversation(data: &[u8]) -> Option<crate::net::Datapath> {
+    let mut datapath = fuzz_datapath()?;
+    let mut out = vec![0u8; crate::net::MAX_LOCAL_FRAME];
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+    let sport = 40000;
+    let mut seq = 1000u32;
+    let _ = datapath.from_guest(&metadata_segment(sport, seq, 0, SYN, &[]));
+    // The SYN-ACK's sequence number, to acknowledge.
+    let mut server_seq = 0u32;
+    while let Some(n) = datapath.pop_local_frame(&mut out) {
+        if n >= 54 && out[23] == 6 {
+            server_seq = u32::from_be_bytes([out[38], out[39], out[40], out[41]]);
+        }
+    }
+    seq = seq.wrapping_add(1);
+    let mut ack = server_seq.wrapping_add(1);
+    let _ = datapath.from_guest(&metadata_segment(sport, seq, ack, ACK, &[]));
+    let mut rest = data;
+    while let [len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (bytes, next) = tail.split_at(len);
+        rest = next;
+        let _ = datapath.from_guest(&metadata_segment(sport, seq, ack, ACK | PSH, bytes));
+        seq = seq.wrapping_add(u32::try_from(bytes.len()).unwrap_or(0));
+        while let Some(n) = datapath.pop_local_frame(&mut out) {
+            // Acknowledge what the service sent, so it keeps sending.
+            if n >= 54 && out[23] == 6 {
+                let their_seq = u32::from_be_bytes([out[38], out[39], out[40], out[41]]);
+                let sent = u32::try_from(n - 54).unwrap_or(0);
+                ack = their_seq.wrapping_add(sent);
+            }
+        }
+        datapath.poll();
+    }
+    Some(datapath)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +296,35 @@ mod tests {
             data[1 + 0x1002] = round % 5;
             data[1 + 0x1003] = 0;
             block_requests(&data);
+        }
+    }
+
+    #[test]
+    fn net_targets_survive_noise_and_reach_the_services() {
+        net_datapath(&[]);
+        metadata_http(&[]);
+        let request = b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut data = vec![u8::try_from(request.len()).unwrap()];
+        data.extend_from_slice(request);
+        let datapath = metadata_conversation(&data).unwrap();
+        let mut answered = 0;
+        datapath.write_metrics(&mut |name, n| {
+            if name == "imds_requests" {
+                answered = n;
+            }
+        });
+        assert_eq!(answered, 1, "the target reaches the HTTP layer");
+        let mut x = 0x0bad_5eed_dead_beefu64;
+        for _ in 0..200 {
+            let mut data = vec![0u8; 600];
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x.to_le_bytes()[0];
+            }
+            net_datapath(&data);
+            metadata_http(&data);
         }
     }
 }

@@ -11,7 +11,13 @@ use crate::steps::Result;
 /// The cargo-fuzz version installed when none is present.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Every target in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["virtio_blk_requests", "qcow2_image", "disk_boot_reader"];
+pub const TARGETS: &[&str] = &[
+    "virtio_blk_requests",
+    "qcow2_image",
+    "disk_boot_reader",
+    "net_datapath",
+    "metadata_http",
+];
 
 fn has_cargo_fuzz() -> bool {
     workspace::cargo()
