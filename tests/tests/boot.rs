@@ -120,7 +120,8 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
         host.scenario(script.text());
         // Every case timing out, plus the host's own boot, fits in this.
         host.timeout(Duration::from_secs(
-            7 * CASE_TIMEOUT_SECS + control::TIMEOUT_SECS
+            7 * CASE_TIMEOUT_SECS
+                + control::TIMEOUT_SECS
                 + net::TIMEOUT_SECS
                 + net_pair::TIMEOUT_SECS
                 + 3 * 60

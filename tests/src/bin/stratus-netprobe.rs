@@ -29,7 +29,10 @@ fn usage() -> ExitCode {
 }
 
 fn addr(ip: &str, port: &str) -> Option<SocketAddr> {
-    Some(SocketAddr::new(ip.parse::<IpAddr>().ok()?, port.parse().ok()?))
+    Some(SocketAddr::new(
+        ip.parse::<IpAddr>().ok()?,
+        port.parse().ok()?,
+    ))
 }
 
 fn millis(arg: Option<&String>, default: u64) -> Duration {

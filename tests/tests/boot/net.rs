@@ -65,7 +65,6 @@ pub fn add_cases(script: &mut Script, tiny: &GuestFiles) {
 
     let missing = guest.stratus_vmm_with("stdout", &["--net", &nic_spec("stnotap0")]);
     script.case("net_missing_tap", 60, &missing);
-
 }
 
 /// Removes what [`add_cases`] created (after every case that uses it).

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use stratus_tests::case::CaseResult;
 use stratus_tests::cache::TempDir;
+use stratus_tests::case::CaseResult;
 use stratus_tests::cpio::Archive;
 use stratus_tests::images::GuestImage;
 use stratus_tests::script::{quote, Script};
@@ -69,11 +69,14 @@ fn sg_a() -> String {
 }
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -99,7 +102,8 @@ fn document_a() -> String {
     )
 }
 
-const OPTIONS_A: &str = r#"{"http_tokens": "required", "http_endpoint": "enabled", "hop_limit": 1}"#;
+const OPTIONS_A: &str =
+    r#"{"http_tokens": "required", "http_endpoint": "enabled", "hop_limit": 1}"#;
 
 /// A's `metadata=` file: the document, its options and the signing key.
 fn metadata_a() -> String {
@@ -112,7 +116,10 @@ fn metadata_a() -> String {
 
 /// A `PUT /metadata` body.
 fn metadata_update() -> String {
-    format!(r#"{{"document": {}, "options": {OPTIONS_A}}}"#, document_a())
+    format!(
+        r#"{{"document": {}, "options": {OPTIONS_A}}}"#,
+        document_a()
+    )
 }
 
 fn flow_log_b() -> String {
@@ -202,7 +209,9 @@ fn identity_key(dir: &Path) -> (PathBuf, PathBuf) {
     let key = dir.join("identity-key.pem");
     let cert = dir.join("identity-cert.pem");
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=stratus-identity-test", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -225,7 +234,12 @@ fn heredoc(script: &mut Script, path: &str, text: &str) {
 }
 
 /// Adds the pair case to the `boot` scenario.
-pub fn add_cases(host: &mut VirtualHost, script: &mut Script, tiny: &GuestImage, files: &GuestFiles) {
+pub fn add_cases(
+    host: &mut VirtualHost,
+    script: &mut Script,
+    tiny: &GuestImage,
+    files: &GuestFiles,
+) {
     let dir = scratch().path();
     let (key, cert) = identity_key(dir);
     host.file("net/identity-key.pem", &key)
@@ -430,7 +444,11 @@ fn a_live_revoke_blocks_new_flows_keeps_tracked_ones_and_cuts_untracked_ones() {
         .iter()
         .find(|l| l.starts_with("REVOKE "))
         .unwrap_or_else(|| panic!("no revoke\n{}", case.describe()));
-    assert!(revoke.ends_with("status=204"), "{revoke}\n{}", case.describe());
+    assert!(
+        revoke.ends_with("status=204"),
+        "{revoke}\n{}",
+        case.describe()
+    );
     assert!(a_value(&case, "probe tcp8081_after_revoke").starts_with("fail"));
     assert!(a_value(&case, "probe tcp8080_after_revoke").starts_with("ok"));
     // The last seconds of each session: after the revoke in any case.
@@ -452,8 +470,15 @@ fn a_live_revoke_blocks_new_flows_keeps_tracked_ones_and_cuts_untracked_ones() {
     assert_eq!(untracked.len() as u64, SESSION_SECS, "{}", case.describe());
     let tail = |v: &[u64]| v[v.len() - 5..].iter().sum::<u64>();
     assert!(tail(&tracked) > 0, "tracked session cut: {tracked:?}");
-    assert_eq!(tail(&untracked), 0, "untracked session survived: {untracked:?}");
-    assert!(untracked[..3].iter().sum::<u64>() > 0, "untracked never worked: {untracked:?}");
+    assert_eq!(
+        tail(&untracked),
+        0,
+        "untracked session survived: {untracked:?}"
+    );
+    assert!(
+        untracked[..3].iter().sum::<u64>() > 0,
+        "untracked never worked: {untracked:?}"
+    );
 }
 
 #[test]
@@ -472,14 +497,17 @@ fn bad_security_group_requests_get_4xx() {
 #[test]
 fn imdsv2_tokens_and_refusals_follow_ec2() {
     let Some(case) = pair_case() else { return };
-    assert_eq!(http(&case, "v1").0, "401", "v1 refused when tokens are required");
+    assert_eq!(
+        http(&case, "v1").0,
+        "401",
+        "v1 refused when tokens are required"
+    );
     let (status, token) = http(&case, "token");
     assert_eq!(status, "200");
     assert!(!token.is_empty());
     assert!(
-        guest_a(&case)
-            .iter()
-            .any(|l| l.eq_ignore_ascii_case("imds-token header X-aws-ec2-metadata-token-ttl-seconds: 300")),
+        guest_a(&case).iter().any(|l| l
+            .eq_ignore_ascii_case("imds-token header X-aws-ec2-metadata-token-ttl-seconds: 300")),
         "the token reply carries its TTL\n{}",
         case.describe()
     );
@@ -488,7 +516,10 @@ fn imdsv2_tokens_and_refusals_follow_ec2() {
     assert_eq!(http(&case, "dated").0, "403");
     assert_eq!(http(&case, "forged").0, "401");
     assert_eq!(http(&case, "id"), ("200".to_owned(), INSTANCE_A.to_owned()));
-    assert_eq!(http(&case, "userdata"), ("200".to_owned(), USER_DATA.to_owned()));
+    assert_eq!(
+        http(&case, "userdata"),
+        ("200".to_owned(), USER_DATA.to_owned())
+    );
 }
 
 #[test]
@@ -518,11 +549,30 @@ fn identity_document_signatures_verify_with_openssl() {
         out
     };
     run(&["base64", "-d", "-in", "signature.b64", "-out", "signature"]);
-    run(&["x509", "-pubkey", "-noout", "-in", cert.to_str().unwrap(), "-out", "pubkey.pem"]);
-    run(&["dgst", "-sha256", "-verify", "pubkey.pem", "-signature", "signature", "document"]);
+    run(&[
+        "x509",
+        "-pubkey",
+        "-noout",
+        "-in",
+        cert.to_str().unwrap(),
+        "-out",
+        "pubkey.pem",
+    ]);
+    run(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        "pubkey.pem",
+        "-signature",
+        "signature",
+        "document",
+    ]);
     std::fs::write(
         d.join("rsa2048.pem"),
-        format!("-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n", rsa2048.trim()),
+        format!(
+            "-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n",
+            rsa2048.trim()
+        ),
     )
     .unwrap();
     let out = run(&[

@@ -301,7 +301,11 @@ fn device(tap: &TestTap) -> Net {
     let dev = Net::new(Tap::open(&tap.name).unwrap(), identity()).unwrap();
     let operstate = format!("/sys/class/net/{}/operstate", tap.name);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(&operstate).unwrap_or_default().trim() != "up" {
+    while std::fs::read_to_string(&operstate)
+        .unwrap_or_default()
+        .trim()
+        != "up"
+    {
         assert!(Instant::now() < deadline, "{} never came up", tap.name);
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -874,8 +874,10 @@ fn revoking_a_cidr_rule_refuses_new_connections_from_that_cidr() {
             ingress.insert(0, json!({"protocol": "tcp", "from_port": 9000, "to_port": 9000, "cidrs": ["0.0.0.0/0"]}));
             ingress.insert(0, json!({"protocol": "tcp", "from_port": 8081, "to_port": 8081, "cidrs": ["198.51.100.0/24"]}));
         }
-        config(json!({"groups": [{"id": "sg-b", "ingress": ingress, "egress": all_out()}],
-            "address_sets": {"sg-a": [REMOTE]}}))
+        config(
+            json!({"groups": [{"id": "sg-b", "ingress": ingress, "egress": all_out()}],
+            "address_sets": {"sg-a": [REMOTE]}}),
+        )
     };
     let mut fw = Firewall::new(&with(true)).unwrap();
     for (sp, dp) in [(40000, 8081), (40001, 9000)] {
@@ -885,7 +887,13 @@ fn revoking_a_cidr_rule_refuses_new_connections_from_that_cidr() {
     }
     fw.replace_rules(&with(false)).unwrap();
     allowed(fw.ingress(&tcp(REMOTE, 40000, GUEST, 8081, ACK), 10));
-    denied(fw.ingress(&tcp(REMOTE, 40001, GUEST, 9000, ACK), 10), DenyReason::NoRule);
-    denied(fw.ingress(&tcp(REMOTE, 40002, GUEST, 8081, SYN), 10), DenyReason::NoRule);
+    denied(
+        fw.ingress(&tcp(REMOTE, 40001, GUEST, 9000, ACK), 10),
+        DenyReason::NoRule,
+    );
+    denied(
+        fw.ingress(&tcp(REMOTE, 40002, GUEST, 8081, SYN), 10),
+        DenyReason::NoRule,
+    );
     allowed(fw.ingress(&tcp(REMOTE, 40003, GUEST, 8080, SYN), 10));
 }
