@@ -66,6 +66,32 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
 }
 
+/// Adds `fd` to or removes it from a device handler's event set so that
+/// it is watched exactly when `want`, tracking that in `watched`; `what`
+/// names it in the error log (a device's fds come and go with activation,
+/// reset and back-pressure, so every device needs this bookkeeping).
+pub(crate) fn watch_fd(
+    ops: &mut event_manager::EventOps,
+    fd: std::os::unix::io::RawFd,
+    watched: &mut bool,
+    want: bool,
+    what: &str,
+) {
+    if *watched == want {
+        return;
+    }
+    let events = event_manager::Events::new_raw(fd, vmm_sys_util::epoll::EventSet::IN);
+    let result = if want {
+        ops.add(events)
+    } else {
+        ops.remove(events)
+    };
+    match result {
+        Ok(()) => *watched = want,
+        Err(e) => log::error!("cannot (un)watch the {what}: {e}"),
+    }
+}
+
 /// Why a device refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

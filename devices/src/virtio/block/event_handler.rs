@@ -30,21 +30,9 @@ pub(super) struct Watching {
     limiter: bool,
 }
 
-/// Adds or removes `fd` so that it is watched exactly when `want`.
+/// See [`crate::virtio::watch_fd`].
 fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
-    if *watched == want {
-        return;
-    }
-    let events = Events::new_raw(fd, EventSet::IN);
-    let result = if want {
-        ops.add(events)
-    } else {
-        ops.remove(events)
-    };
-    match result {
-        Ok(()) => *watched = want,
-        Err(e) => log::error!("virtio-blk: cannot (un)watch the {what} eventfd: {e}"),
-    }
+    crate::virtio::watch_fd(ops, fd, watched, want, what);
 }
 
 impl Block {
@@ -55,13 +43,25 @@ impl Block {
         let _ = self.events.activate.read();
         let active = self.is_activated();
         let queue_fd = self.events.queues[0].as_raw_fd();
-        watch(ops, queue_fd, &mut self.watching.queue, active, "queue");
+        watch(
+            ops,
+            queue_fd,
+            &mut self.watching.queue,
+            active,
+            "queue eventfd",
+        );
         if let Some(fd) = self.io.engine.completion_fd().map(AsRawFd::as_raw_fd) {
             let watched = &mut self.watching.completions;
-            watch(ops, fd, watched, active, "completion");
+            watch(ops, fd, watched, active, "completion eventfd");
         }
         if let Some(fd) = self.rate_limiter.as_ref().map(AsRawFd::as_raw_fd) {
-            watch(ops, fd, &mut self.watching.limiter, active, "rate limiter");
+            watch(
+                ops,
+                fd,
+                &mut self.watching.limiter,
+                active,
+                "rate limiter timerfd",
+            );
         }
         if active && self.watching.queue {
             // Requests the driver queued before we listened, or that the

@@ -24,21 +24,9 @@ pub(super) struct Watching {
     timer: bool,
 }
 
-/// Adds or removes `fd` so that it is watched exactly when `want`.
+/// See [`crate::virtio::watch_fd`].
 fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
-    if *watched == want {
-        return;
-    }
-    let events = Events::new_raw(fd, EventSet::IN);
-    let result = if want {
-        ops.add(events)
-    } else {
-        ops.remove(events)
-    };
-    match result {
-        Ok(()) => *watched = want,
-        Err(e) => log::error!("virtio-net: cannot (un)watch the {what}: {e}"),
-    }
+    crate::virtio::watch_fd(ops, fd, watched, want, what);
 }
 
 impl Net {
