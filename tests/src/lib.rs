@@ -25,6 +25,8 @@ pub mod hostcaps;
 pub mod images;
 pub mod kernel;
 pub mod memory_bench;
+pub mod net_bench;
+pub mod net_guest;
 pub mod script;
 pub mod start_bench;
 pub mod vhost;

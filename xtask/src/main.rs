@@ -16,6 +16,7 @@
 mod bench;
 mod bench_disk;
 mod bench_memory;
+mod bench_net;
 mod bench_start;
 mod demo;
 mod fuzz;
@@ -99,6 +100,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         runs: u32,
     },
+    /// TCP and 64-byte UDP between two tiny guests: stratus-vmm with and
+    /// without 1 000 security-group rules vs QEMU microvm.
+    Net {
+        /// Boot pairs per VMM.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Seconds of TCP, then of UDP, per boot pair.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Debian AMI boot time and fio under stratus-vmm vs QEMU microvm.
     Disk {
         /// Boots per VMM.
@@ -154,6 +165,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Start { runs },
         } => bench_start::start(runs),
+        Command::Bench {
+            what: BenchCommand::Net { runs, seconds },
+        } => bench_net::net(runs, seconds),
         Command::Bench {
             what: BenchCommand::Memory { runs, firecracker },
         } => bench_memory::memory(runs, firecracker),

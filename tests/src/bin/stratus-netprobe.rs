@@ -10,6 +10,11 @@
 //!                                           a line every 250 ms; prints echoes per second
 //! stratus-netprobe http IP METHOD PATH [NAME:VALUE]...
 //!                                           one HTTP/1.1 request (Connection: close)
+//! stratus-netprobe sink PORT                count what arrives: TCP bytes per
+//!                                           connection, UDP datagrams per burst
+//! stratus-netprobe tcp-blast IP PORT SECS   send as fast as TCP allows for SECS
+//! stratus-netprobe udp-blast IP PORT SECS LEN
+//!                                           send LEN-byte datagrams for SECS
 //! ```
 //!
 //! Probes print one line, `ok …` or `fail …`, and exit 0 either way (the
@@ -67,6 +72,26 @@ fn main() -> ExitCode {
             }
             _ => usage(),
         },
+        ("sink", [port]) => match port.parse() {
+            Ok(port) => sink(port),
+            Err(_) => usage(),
+        },
+        ("tcp-blast", [ip, port, secs]) => match (addr(ip, port), secs.parse()) {
+            (Some(a), Ok(secs)) => {
+                tcp_blast(a, secs);
+                ExitCode::SUCCESS
+            }
+            _ => usage(),
+        },
+        ("udp-blast", [ip, port, secs, len]) => {
+            match (addr(ip, port), secs.parse(), len.parse::<usize>()) {
+                (Some(a), Ok(secs), Ok(len)) if len <= 1472 => {
+                    udp_blast(a, secs, len);
+                    ExitCode::SUCCESS
+                }
+                _ => usage(),
+            }
+        }
         ("http", [ip, method, path, headers @ ..]) => match addr(ip, "80") {
             Some(a) => {
                 http(a, method, path, headers);
@@ -237,4 +262,126 @@ fn http(to: SocketAddr, method: &str, path: &str, headers: &[String]) {
         println!("header {line}");
     }
     println!("body={}", body.escape_default());
+}
+
+/// Counts what arrives on `port`: each TCP connection's bytes and rate
+/// when it closes (`tcp bytes=N secs=S mbit_s=R`), and UDP datagrams in
+/// bursts (`udp datagrams=N secs=S pps=R`, printed once a second of
+/// silence ends a burst). Never returns.
+fn sink(port: u16) -> ExitCode {
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("fail bind {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                let mut start = None;
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            start.get_or_insert_with(Instant::now);
+                            total += n as u64;
+                        }
+                    }
+                }
+                let secs = start.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64());
+                let rate = if secs > 0.0 {
+                    total as f64 * 8.0 / secs / 1e6
+                } else {
+                    0.0
+                };
+                println!("tcp bytes={total} secs={secs:.3} mbit_s={rate:.1}");
+            });
+        }
+    });
+    let socket = match UdpSocket::bind(("0.0.0.0", port)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("fail bind {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+    println!("sinking");
+    let mut buf = [0u8; 2048];
+    loop {
+        let mut count = 0u64;
+        let mut first = None;
+        let mut last = Instant::now();
+        loop {
+            match socket.recv_from(&mut buf) {
+                Ok(_) => {
+                    last = Instant::now();
+                    first.get_or_insert(last);
+                    count += 1;
+                }
+                Err(_) if count > 0 => break,
+                Err(_) => {}
+            }
+        }
+        let secs = first.map_or(0.0, |f: Instant| (last - f).as_secs_f64());
+        let pps = if secs > 0.0 { count as f64 / secs } else { 0.0 };
+        println!("udp datagrams={count} secs={secs:.3} pps={pps:.0}");
+    }
+}
+
+fn tcp_blast(to: SocketAddr, secs: u64) {
+    let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("fail connect {e}");
+            return;
+        }
+    };
+    let buf = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    let mut total = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        match stream.write(&buf) {
+            Ok(n) => total += n as u64,
+            Err(e) => {
+                println!("fail write {e}");
+                return;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "tcp-blast bytes={total} secs={secs:.3} mbit_s={:.1}",
+        total as f64 * 8.0 / secs / 1e6
+    );
+}
+
+fn udp_blast(to: SocketAddr, secs: u64, len: usize) {
+    let socket = match UdpSocket::bind("0.0.0.0:0") {
+        Ok(s) => s,
+        Err(e) => {
+            println!("fail bind {e}");
+            return;
+        }
+    };
+    let buf = vec![0x5au8; len];
+    let start = Instant::now();
+    let (mut sent, mut failed) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(secs) {
+        for _ in 0..64 {
+            match socket.send_to(&buf, to) {
+                Ok(_) => sent += 1,
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "udp-blast sent={sent} failed={failed} secs={secs:.3} pps={:.0}",
+        sent as f64 / secs
+    );
 }

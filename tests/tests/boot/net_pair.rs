@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use stratus_tests::cache::TempDir;
 use stratus_tests::case::CaseResult;
-use stratus_tests::cpio::Archive;
 use stratus_tests::images::GuestImage;
+use stratus_tests::net_guest;
 use stratus_tests::script::{quote, Script};
 use stratus_tests::vhost::VirtualHost;
 use stratus_tests::vmms::{Boot, GuestFiles};
@@ -182,26 +182,10 @@ sed 's/^/untracked /' /tmp/untracked.log
     )
 }
 
-/// The tiny image's initramfs with an extra archive: the probe tool and
-/// `script` as `/etc/stratus-net.sh`.
+/// The tiny image's initramfs plus the probe tool and `script`.
 fn guest_initrd(dir: &Path, tiny: &GuestImage, name: &str, script: &str) -> PathBuf {
-    let extra = dir.join(format!("{name}.extra.cpio"));
-    let mut archive = Archive::new();
-    archive.dir("etc");
-    archive
-        .file(
-            "bin/stratus-netprobe",
-            Path::new(env!("CARGO_BIN_EXE_stratus-netprobe")),
-        )
-        .expect("add stratus-netprobe");
-    archive.bytes("etc/stratus-net.sh", script.as_bytes().to_vec(), 0o755);
-    archive.write_to(&extra).expect("write the extra archive");
-    // The kernel unpacks concatenated archives one after the other.
-    let mut bytes = std::fs::read(&tiny.initrd).expect("read the tiny initrd");
-    bytes.extend(std::fs::read(&extra).expect("read the extra archive"));
-    let path = dir.join(format!("{name}.cpio"));
-    std::fs::write(&path, bytes).expect("write the guest initrd");
-    path
+    let netprobe = Path::new(env!("CARGO_BIN_EXE_stratus-netprobe"));
+    net_guest::initrd(dir, tiny, netprobe, name, script).expect("build a guest initramfs")
 }
 
 /// A key and self-signed certificate for identity documents.
