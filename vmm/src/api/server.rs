@@ -88,6 +88,7 @@ impl ApiServer {
     ) -> Result<Self, ApiServerError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .map_err(ApiServerError::Start)?;
         let (shutdown, stop) = tokio::sync::oneshot::channel();
@@ -168,8 +169,22 @@ async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    // An answer already given (the 204 to the action that stops the VMM)
+    // must still reach its client: open connections get a moment to write
+    // it before they are dropped.
+    let grace = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(grace);
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = &mut grace => break,
+            _ = connections.join_next() => {}
+        }
+    }
     connections.abort_all();
 }
+
+/// How long stopping waits for connections that are still writing.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Whether the client asked for JSON rather than Prometheus text.
 fn wants_json(req: &Request<Incoming>) -> bool {
