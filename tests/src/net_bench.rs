@@ -100,9 +100,7 @@ fn thousand_rules() -> String {
             .collect();
         let mut egress = Vec::new();
         if last {
-            ingress.push(format!(
-                r#"{{"protocol": "-1", "cidrs": ["{SUBNET}"]}}"#
-            ));
+            ingress.push(format!(r#"{{"protocol": "-1", "cidrs": ["{SUBNET}"]}}"#));
             egress = (0..39).map(|r| rule(20_000 + r, 99, r)).collect();
             egress.push(r#"{"protocol": "-1", "cidrs": ["0.0.0.0/0"]}"#.to_owned());
         }
