@@ -165,6 +165,10 @@ pub struct Datapath {
     flow_log: Option<FlowLogSink>,
     /// When connection tracking was last swept (monotonic ms).
     last_sweep_ms: u64,
+    /// When the flow log is next asked whether its interval ended
+    /// (monotonic ms); a fixed point, so the device's timer is not re-armed
+    /// on every event.
+    next_flow_log_check_ms: u64,
     owned: Owned,
     groups: GroupSet,
     dhcp: DhcpServer,
@@ -181,6 +185,7 @@ impl Datapath {
             metadata: None,
             flow_log: None,
             last_sweep_ms: 0,
+            next_flow_log_check_ms: 0,
             owned: Owned::new(&identity),
             groups: GroupSet::new(),
             dhcp: DhcpServer::new(&identity),
@@ -370,6 +375,7 @@ impl Datapath {
     /// end of each interval.
     pub fn set_flow_log(&mut self, log: FlowLog, out: std::fs::File) {
         self.flow_log = Some(FlowLogSink { log, out });
+        self.next_flow_log_check_ms = self.clock.now_ms() + FLOW_LOG_CHECK_MS;
     }
 
     /// Time-driven work: metadata retransmissions and timeouts, the
@@ -388,7 +394,12 @@ impl Datapath {
                 self.last_sweep_ms = now;
             }
         }
-        if let Some(sink) = self.flow_log.as_mut() {
+        if let Some(sink) = self
+            .flow_log
+            .as_mut()
+            .filter(|_| now >= self.next_flow_log_check_ms)
+        {
+            self.next_flow_log_check_ms = now + FLOW_LOG_CHECK_MS;
             let unix = self.clock.unix_ms(now);
             if sink.log.flush_due(unix) {
                 if let Err(e) = sink.log.flush(unix, &mut sink.out) {
@@ -413,10 +424,9 @@ impl Datapath {
         if self.firewall.as_ref().is_some_and(|f| f.flows() > 0) {
             consider(self.last_sweep_ms + SWEEP_INTERVAL_MS);
         }
-        if let Some(sink) = &self.flow_log {
+        if self.flow_log.is_some() {
             // Checked once a second; the flow log knows its own interval.
-            let _ = sink;
-            consider(self.clock.now_ms() + FLOW_LOG_CHECK_MS);
+            consider(self.next_flow_log_check_ms);
         }
         next
     }

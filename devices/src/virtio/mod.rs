@@ -92,6 +92,39 @@ pub(crate) fn watch_fd(
     }
 }
 
+/// Copies config-space bytes at `offset` into `data`; bytes past the end
+/// of `config` read as zero.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// The driver's queues, checked for an activation: exactly `expected` of
+/// them, each ready with its rings inside guest memory.
+pub(crate) fn checked_queues(
+    mem: &GuestMemoryMmap,
+    queues: Vec<Queue>,
+    expected: usize,
+) -> Result<Vec<Queue>, ActivateError> {
+    if queues.len() != expected {
+        return Err(ActivateError::QueueCount {
+            expected,
+            got: queues.len(),
+        });
+    }
+    use virtio_queue::QueueT;
+    match queues.iter().position(|q| !q.is_valid(mem)) {
+        Some(index) => Err(ActivateError::InvalidQueue(index)),
+        None => Ok(queues),
+    }
+}
+
 /// Why a device refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

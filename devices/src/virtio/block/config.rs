@@ -35,15 +35,3 @@ pub fn build(v: &ConfigValues) -> [u8; CONFIG_LEN] {
     // 56: write_zeroes_may_unmap = 0
     c
 }
-
-/// Copies config bytes at `offset` into `data`, zeros past the end.
-pub fn read(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
-    }
-}

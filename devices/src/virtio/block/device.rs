@@ -8,7 +8,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 
 use super::config::{self, ConfigValues, CONFIG_LEN};
 use super::engine::{Engine, IoEngine};
@@ -250,7 +250,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        config::read(&self.config, offset, data);
+        crate::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -261,24 +261,11 @@ impl VirtioDevice for Block {
         );
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let queue = queues.remove(0);
-        if !queue.is_valid(&mem) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
+        let queue = crate::virtio::checked_queues(&mem, queues, 1)?.remove(0);
         self.active = Some(Active {
             mem,
             queue,

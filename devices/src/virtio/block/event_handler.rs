@@ -14,13 +14,13 @@
 //! for `Arc<Mutex<T: MutEventSubscriber>>`, so that handle can be added to
 //! an `EventManager` as is.
 
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use super::Block;
-use crate::virtio::VirtioDevice;
+use crate::virtio::{watch_fd as watch, VirtioDevice};
 
 /// Which fds the handler registered besides the activation eventfd.
 #[derive(Debug, Default)]
@@ -28,11 +28,6 @@ pub(super) struct Watching {
     queue: bool,
     completions: bool,
     limiter: bool,
-}
-
-/// See [`crate::virtio::watch_fd`].
-fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
-    crate::virtio::watch_fd(ops, fd, watched, want, what);
 }
 
 impl Block {

@@ -7,7 +7,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
     VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::NetMetrics;
@@ -19,7 +19,8 @@ use crate::virtio::features::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::virtio::{
-    device_type, ActivateError, DeviceEvents, GuestMemoryMmap, IrqTrigger, VirtioDevice,
+    checked_queues, device_type, read_config_bytes, ActivateError, DeviceEvents, GuestMemoryMmap,
+    IrqTrigger, VirtioDevice,
 };
 
 /// Size of each queue.
@@ -234,15 +235,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_LEN {
-            return;
-        }
-        let n = data.len().min(CONFIG_LEN - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -254,27 +247,13 @@ impl VirtioDevice for Net {
         );
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
+        let mut queues = checked_queues(&mem, queues, 2)?;
         let tx = queues.remove(TX_QUEUE);
         let rx = queues.remove(RX_QUEUE);
-        for (index, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !queue.is_valid(&mem) {
-                return Err(ActivateError::InvalidQueue(index));
-            }
-        }
         self.active = Some(Active {
             mem,
             rx,

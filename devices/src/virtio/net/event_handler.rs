@@ -6,7 +6,7 @@
 //! out the tap is unwatched (frames wait in its queue), and the RX queue
 //! notification that brings new buffers watches it again.
 
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -14,7 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::rx::RxStop;
 use super::{Net, RX_QUEUE, TX_QUEUE};
-use crate::virtio::VirtioDevice;
+use crate::virtio::{watch_fd as watch, VirtioDevice};
 
 /// Which fds the handler registered besides the activation eventfd.
 #[derive(Debug, Default)]
@@ -22,11 +22,6 @@ pub(super) struct Watching {
     queues: bool,
     tap: bool,
     timer: bool,
-}
-
-/// See [`crate::virtio::watch_fd`].
-fn watch(ops: &mut EventOps, fd: RawFd, watched: &mut bool, want: bool, what: &str) {
-    crate::virtio::watch_fd(ops, fd, watched, want, what);
 }
 
 impl Net {
