@@ -21,6 +21,7 @@ pub mod cpio;
 pub mod debian_ami;
 pub mod disk_bench;
 pub mod error;
+pub mod host_net;
 pub mod hostcaps;
 pub mod images;
 pub mod kernel;

@@ -1,6 +1,7 @@
 //! `stratus-netprobe`: the network half of the end-to-end tests, run
 //! inside tiny guests (busybox has no UDP tools and no HTTP client that
-//! sets arbitrary methods and headers). Std only, statically linked.
+//! sets arbitrary methods and headers). Std and libc (for the packet
+//! socket `http` reads TTLs with), statically linked.
 //!
 //! ```text
 //! stratus-netprobe serve PORT...            TCP and UDP echo on each PORT, forever
@@ -19,8 +20,10 @@
 //!
 //! Probes print one line, `ok …` or `fail …`, and exit 0 either way (the
 //! test reads the line); `http` prints `status=CODE` then `header NAME:
-//! VALUE` lines, then `body=` with the body's bytes, escaped on one line.
-//! Bad usage exits 2.
+//! VALUE` lines, then `body=` with the body's bytes, escaped on one line,
+//! then `reply-ttl=T,T,…`: the IP TTL (IPv6 hop limit) of every segment
+//! the server sent, seen by a packet socket (`reply-ttl=unknown` when
+//! none could be opened). Bad usage exits 2.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -225,6 +228,8 @@ fn session(to: SocketAddr, secs: u64) {
 
 /// One HTTP/1.1 request; prints the status, the headers and the body.
 fn http(to: SocketAddr, method: &str, path: &str, headers: &[String]) {
+    // Opened before connecting, so it sees every segment of the reply.
+    let capture = capture::PacketSocket::open();
     let mut stream = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
         Ok(s) => s,
         Err(e) => {
@@ -233,7 +238,11 @@ fn http(to: SocketAddr, method: &str, path: &str, headers: &[String]) {
         }
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", to.ip());
+    let host = match to.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for header in headers {
         request.push_str(header);
         request.push_str("\r\n");
@@ -262,6 +271,86 @@ fn http(to: SocketAddr, method: &str, path: &str, headers: &[String]) {
         println!("header {line}");
     }
     println!("body={}", body.escape_default());
+    match capture {
+        Some(capture) => {
+            let ttls: Vec<String> = capture.ttls_from(to).iter().map(u8::to_string).collect();
+            println!("reply-ttl={}", ttls.join(","));
+        }
+        None => println!("reply-ttl=unknown"),
+    }
+}
+
+/// A packet socket that sees the IP packets the guest receives, to read
+/// the TTL a server put on its replies (TCP sockets cannot report it).
+mod capture {
+    use std::net::{IpAddr, SocketAddr};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    #[derive(Debug)]
+    pub struct PacketSocket(OwnedFd);
+
+    impl PacketSocket {
+        /// A non-blocking `AF_PACKET`/`SOCK_DGRAM` socket for every
+        /// protocol (it reads packets without their link header); `None`
+        /// without `CAP_NET_RAW`.
+        pub fn open() -> Option<Self> {
+            let all = u16::try_from(libc::ETH_P_ALL).ok()?.to_be();
+            // SAFETY: socket(2) takes no pointers; the result is checked.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    i32::from(all),
+                )
+            };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: `fd` is a new descriptor that nothing else owns.
+            Some(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+
+        /// The TTL (hop limit) of every queued TCP segment from `from`,
+        /// in arrival order.
+        pub fn ttls_from(&self, from: SocketAddr) -> Vec<u8> {
+            let mut ttls = Vec::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                // SAFETY: `buf` is valid for writes of its whole length.
+                let n = unsafe {
+                    libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                };
+                let Ok(n) = usize::try_from(n) else { break };
+                if n == 0 {
+                    break;
+                }
+                if let Some(ttl) = tcp_ttl(&buf[..n], from) {
+                    ttls.push(ttl);
+                }
+            }
+            ttls
+        }
+    }
+
+    /// The TTL of `packet` if it is a TCP segment from `from`.
+    fn tcp_ttl(packet: &[u8], from: SocketAddr) -> Option<u8> {
+        const TCP: u8 = 6;
+        let (ttl, l4) = match (packet.first()? >> 4, from.ip()) {
+            (4, IpAddr::V4(ip)) if packet.len() >= 20 => {
+                let header = usize::from(packet[0] & 0x0f) * 4;
+                let ok = packet[9] == TCP && packet[12..16] == ip.octets();
+                (ok.then_some(packet[8])?, packet.get(header..)?)
+            }
+            // No extension headers: the server's replies have none.
+            (6, IpAddr::V6(ip)) if packet.len() >= 40 => {
+                let ok = packet[6] == TCP && packet[8..24] == ip.octets();
+                (ok.then_some(packet[7])?, &packet[40..])
+            }
+            _ => return None,
+        };
+        let port = u16::from_be_bytes([*l4.first()?, *l4.get(1)?]);
+        (port == from.port()).then_some(ttl)
+    }
 }
 
 /// Counts what arrives on `port`: each TCP connection's bytes and rate

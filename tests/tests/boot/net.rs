@@ -5,6 +5,7 @@
 //! missing or busy tap is a one-line error with exit code 2.
 
 use stratus_tests::case::{CaseExit, CaseResult};
+use stratus_tests::host_net;
 use stratus_tests::script::Script;
 use stratus_tests::vmm_api;
 use stratus_tests::vmms::{Boot, GuestFiles};
@@ -15,13 +16,7 @@ use super::{case, outcome};
 pub const TIMEOUT_SECS: u64 = CASE_TIMEOUT_SECS + 2 * 60;
 const CASE_TIMEOUT_SECS: u64 = 360;
 
-/// iproute2's `ip`, under a name of its own: the virtual host's busybox
-/// shell runs its own `ip` applet for that name whatever `PATH` says, and
-/// the applet cannot make taps.
-pub const IPROUTE2: &str = "iproute2";
-
-/// Host modules the cases need.
-pub const MODULES: &[&str] = &["tun", "bridge"];
+pub use stratus_tests::host_net::{IPROUTE2, MODULES};
 
 pub const BRIDGE: &str = "stbr0";
 const TAP: &str = "sttap0";
@@ -40,12 +35,8 @@ fn nic_spec(tap: &str) -> String {
 /// Adds the network cases to the `boot` scenario.
 pub fn add_cases(script: &mut Script, tiny: &GuestFiles) {
     // The host side: a bridge holding the gateway address, a tap on it.
-    let ip = IPROUTE2;
-    script.line(&format!(
-        "{ip} link add {BRIDGE} type bridge && {ip} addr add {GATEWAY}/24 dev {BRIDGE} && {ip} link set {BRIDGE} up \
-         && {ip} tuntap add dev {TAP} mode tap vnet_hdr && {ip} link set {TAP} master {BRIDGE} && {ip} link set {TAP} up \
-         || echo 'NET-SETUP failed'"
-    ));
+    host_net::add_bridge(script, BRIDGE, &format!("{GATEWAY}/24"));
+    host_net::add_tap(script, TAP, BRIDGE);
 
     let guest = Boot::new(
         tiny,
@@ -69,8 +60,7 @@ pub fn add_cases(script: &mut Script, tiny: &GuestFiles) {
 
 /// Removes what [`add_cases`] created (after every case that uses it).
 pub fn teardown(script: &mut Script) {
-    let ip = IPROUTE2;
-    script.line(&format!("{ip} link del {TAP}; {ip} link del {BRIDGE}"));
+    host_net::remove(script, &[TAP, BRIDGE]);
 }
 
 fn dhcp_case() -> Option<CaseResult> {

@@ -17,15 +17,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use stratus_tests::cache::TempDir;
 use stratus_tests::case::CaseResult;
+use stratus_tests::host_net;
 use stratus_tests::images::GuestImage;
 use stratus_tests::net_guest;
 use stratus_tests::script::{quote, Script};
 use stratus_tests::vhost::VirtualHost;
 use stratus_tests::vmms::{Boot, GuestFiles};
 
-use super::net::{BRIDGE, GATEWAY, IPROUTE2};
+use super::net::{BRIDGE, GATEWAY};
 use super::{case, outcome};
 
 /// Time for the case if it hits its limit.
@@ -68,27 +71,6 @@ fn sg_a() -> String {
         .to_owned()
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A's metadata document.
 fn document_a() -> String {
     format!(
@@ -98,27 +80,38 @@ fn document_a() -> String {
   "local_hostname": "ip-10-0-99-11.ec2.internal", "hostname": "ip-10-0-99-11.ec2.internal",
   "mac": "{MAC_A}", "pending_time": "2026-11-30T12:00:00Z", "security_groups": ["sg-a"],
   "user_data": "{}"}}"#,
-        base64(USER_DATA.as_bytes())
+        BASE64.encode(USER_DATA)
     )
 }
 
-const OPTIONS_A: &str =
-    r#"{"http_tokens": "required", "http_endpoint": "enabled", "hop_limit": 1}"#;
+/// The hop limit A's metadata replies carry: not the default (1), so the
+/// TTL the guest sees shows the option at work.
+const HOP_LIMIT_A: u8 = 3;
+/// A's IPv6 address; its metadata service answers on `fd00:ec2::254` too.
+const IPV6_A: &str = "fd00:99::11";
+
+fn options_a() -> String {
+    format!(
+        r#"{{"http_tokens": "required", "http_endpoint": "enabled", "hop_limit": {HOP_LIMIT_A}}}"#
+    )
+}
 
 /// A's `metadata=` file: the document, its options and the signing key.
 fn metadata_a() -> String {
     format!(
-        r#"{{"document": {}, "options": {OPTIONS_A},
+        r#"{{"document": {}, "options": {},
  "identity_key": "net/identity-key.pem", "identity_certificate": "net/identity-cert.pem"}}"#,
-        document_a()
+        document_a(),
+        options_a()
     )
 }
 
 /// A `PUT /metadata` body.
 fn metadata_update() -> String {
     format!(
-        r#"{{"document": {}, "options": {OPTIONS_A}}}"#,
-        document_a()
+        r#"{{"document": {}, "options": {}}}"#,
+        document_a(),
+        options_a()
     )
 }
 
@@ -161,6 +154,16 @@ $P http $M GET /latest/user-data X-aws-ec2-metadata-token:$tok | sed 's/^/imds-u
 $P http $M GET /latest/dynamic/instance-identity/document X-aws-ec2-metadata-token:$tok | sed 's/^/imds-document /'
 $P http $M GET /latest/dynamic/instance-identity/signature X-aws-ec2-metadata-token:$tok | sed 's/^/imds-signature /'
 $P http $M GET /latest/dynamic/instance-identity/rsa2048 X-aws-ec2-metadata-token:$tok | sed 's/^/imds-rsa2048 /'
+# IPv6: the service's address is on-link; DAD must finish before the
+# address can be a source.
+ip addr add {IPV6_A}/64 dev eth0
+ip route add fd00:ec2::254/128 dev eth0
+sleep 3
+M6=fd00:ec2::254
+out6=$($P http $M6 PUT /latest/api/token X-aws-ec2-metadata-token-ttl-seconds:60)
+echo "$out6" | sed 's/^/imds-v6-token /'
+tok6=$(echo "$out6" | sed -n 's/^body=//p')
+$P http $M6 GET /latest/meta-data/instance-id X-aws-ec2-metadata-token:$tok6 | sed 's/^/imds-v6-id /'
 $P session $B 8081 {SESSION_SECS} > /tmp/tracked.log 2>&1 &
 $P session $B 9000 {SESSION_SECS} > /tmp/untracked.log 2>&1 &
 sleep 4
@@ -237,11 +240,8 @@ pub fn add_cases(
     heredoc(script, "/tmp/md-a.json", &metadata_a());
     heredoc(script, "/tmp/md-update.json", &metadata_update());
     heredoc(script, "/tmp/flow-b.json", &flow_log_b());
-    let ip = IPROUTE2;
     for tap in [TAP_A, TAP_B] {
-        script.line(&format!(
-            "{ip} tuntap add dev {tap} mode tap vnet_hdr && {ip} link set {tap} master {BRIDGE} && {ip} link set {tap} up || echo 'NET-SETUP {tap} failed'"
-        ));
+        host_net::add_tap(script, tap, BRIDGE);
     }
 
     let vmm = |name: &str, initrd: &str, net: String| {
@@ -257,7 +257,7 @@ pub fn add_cases(
     let vmm_a = vmm(
         "a",
         "net/a.cpio",
-        format!("tap={TAP_A},mac={MAC_A},ip={IP_A}/24,gw={GATEWAY},sg=/tmp/sg-a.json,metadata=/tmp/md-a.json"),
+        format!("tap={TAP_A},mac={MAC_A},ip={IP_A}/24,gw={GATEWAY},ipv6={IPV6_A},sg=/tmp/sg-a.json,metadata=/tmp/md-a.json"),
     );
     let vmm_b = vmm(
         "b",
@@ -313,7 +313,7 @@ sed 's/^/FLOWLOG /' /tmp/flow-b.log
     );
     heredoc(script, "/tmp/net-pair.sh", &pair);
     script.case("net_pair", TIMEOUT_SECS, &["sh", "/tmp/net-pair.sh"]);
-    script.line(&format!("{ip} link del {TAP_A}; {ip} link del {TAP_B}"));
+    host_net::remove(script, &[TAP_A, TAP_B]);
 }
 
 fn pair_case() -> Option<CaseResult> {
@@ -353,6 +353,46 @@ fn http(case: &CaseResult, label: &str) -> (String, String) {
         .find_map(|l| l.strip_prefix("body="))
         .unwrap_or_default();
     (status.to_owned(), unescape(body))
+}
+
+/// The TTLs (hop limits) of the reply segments of request `label`.
+fn reply_ttls(case: &CaseResult, label: &str) -> Vec<String> {
+    let prefix = format!("imds-{label} reply-ttl=");
+    let line = guest_a(case)
+        .into_iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no reply-ttl for {label}\n{}", case.describe()));
+    line.split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metadata_replies_carry_the_configured_hop_limit() {
+    let Some(case) = pair_case() else { return };
+    for label in ["id", "document", "v6-id"] {
+        let ttls = reply_ttls(&case, label);
+        assert!(
+            !ttls.is_empty() && ttls.iter().all(|t| *t == HOP_LIMIT_A.to_string()),
+            "{label}: reply TTLs {ttls:?}, configured hop limit {HOP_LIMIT_A}\n{}",
+            case.describe()
+        );
+    }
+}
+
+#[test]
+fn metadata_answers_on_its_ipv6_address() {
+    let Some(case) = pair_case() else { return };
+    let (status, token) = http(&case, "v6-token");
+    assert_eq!(status, "200", "{}", case.describe());
+    assert!(!token.is_empty());
+    assert_eq!(
+        http(&case, "v6-id"),
+        ("200".to_owned(), INSTANCE_A.to_owned()),
+        "{}",
+        case.describe()
+    );
 }
 
 /// Undoes Rust's `escape_default`.
