@@ -7,12 +7,12 @@
 //! ([`super::multicast`]). To the guest: the destination check. Frames
 //! the datapath writes itself wait in [`super::local_frames`].
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::clock::Clock;
 use super::counters::{bump, Counters};
 use super::dhcp::{self, Answer, DhcpError, DhcpRequest, DhcpServer, Reply};
-use super::filter::{Firewall, Verdict};
+use super::filter::{Firewall, FlowKey, Verdict};
 use super::flow_log::{Action, FlowLog};
 use super::frame::{
     icmpv6_type, Arp, ArpKind, Ethernet, Ipv4, Ipv6, UdpHeader, ETHERTYPE_ARP, ETHERTYPE_IPV4,
@@ -275,7 +275,7 @@ impl Datapath {
             Verdict::Allow { flow } => (flow, Action::Accept),
             Verdict::Deny { flow, .. } => (flow, Action::Reject),
         };
-        if let Some(flow) = flow {
+        if let Some(flow) = flow.filter(|f| !is_link_housekeeping(f)) {
             let bytes = u32::try_from(len).unwrap_or(u32::MAX);
             sink.log
                 .record(flow.into(), action, bytes, self.clock.unix_ms(now_ms));
@@ -582,5 +582,52 @@ impl Datapath {
         // socket may carry only a partial one (checksum offload).
         let message = udp.payload(ip.payload)?;
         dhcp::parse_request(message, self.identity.mac)
+    }
+}
+
+/// Whether a flow is link housekeeping that a VPC's flow logs do not show:
+/// IPv6 neighbor discovery and router or multicast-listener signalling
+/// (link-local addresses) and anything to a multicast group. On EC2 the
+/// VPC router answers these itself; they are not traffic between hosts.
+/// They still pass through the security groups like any other packet.
+fn is_link_housekeeping(flow: &FlowKey) -> bool {
+    let link_local = |ip: IpAddr| match ip {
+        IpAddr::V6(ip) => ip.is_unicast_link_local(),
+        IpAddr::V4(_) => false,
+    };
+    link_local(flow.src) || link_local(flow.dst) || flow.dst.is_multicast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: &str, dst: &str, protocol: u8) -> FlowKey {
+        FlowKey {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port: 0,
+            dst_port: 0,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn neighbor_discovery_and_multicast_stay_out_of_flow_logs() {
+        const ICMPV6: u8 = 58;
+        // A neighbor solicitation from a link-local address, a router
+        // solicitation to all-routers, an MLD report to its group, an
+        // IGMP report: housekeeping.
+        assert!(is_link_housekeeping(&flow("fe80::1", "fe80::2", ICMPV6)));
+        assert!(is_link_housekeeping(&flow("fe80::1", "ff02::2", ICMPV6)));
+        assert!(is_link_housekeeping(&flow("::", "ff02::1:ff00:5", ICMPV6)));
+        assert!(is_link_housekeeping(&flow("10.0.0.5", "224.0.0.22", 2)));
+        // Traffic between hosts, ICMPv6 included: logged.
+        assert!(!is_link_housekeeping(&flow(
+            "2001:db8::5",
+            "2001:db8::9",
+            ICMPV6
+        )));
+        assert!(!is_link_housekeeping(&flow("10.0.0.5", "10.0.0.9", 6)));
     }
 }
