@@ -28,6 +28,14 @@ suite=bookworm
 # signal), fio for the disk benchmark, zstd so the initramfs is compressed
 # with it (else gzip), dbus so that `systemctl poweroff` works cleanly.
 include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv,udev,iproute2,ifupdown,isc-dhcp-client,openssh-server,curl,ca-certificates,zstd,dbus,busybox,fio
+# Installed with apt afterwards (debootstrap's resolver cannot follow
+# their virtual dependencies): cloud-init, with Debian's default settings,
+# configures the instance from its metadata as on EC2 (what makes this an
+# AMI rather than a disk image); python3-pip installs botocore.
+apt_packages="cloud-init python3-pip"
+# botocore from PyPI (not Debian's older package): the IMDS client every
+# AWS SDK for Python uses, pinned so a given recipe gives one image.
+botocore_version=1.44.8
 # Modules the initramfs must contain for Stratus's virtio-mmio devices.
 required_modules="virtio virtio_ring virtio_mmio virtio_blk virtio_net"
 cmdline="console=ttyS0 reboot=k panic=-1 quiet"
@@ -176,6 +184,30 @@ done
 in_chroot apt-get -q -y --purge autoremove >&2
 [ "$(cd "$rootfs/boot" && ls vmlinuz-*)" = "vmlinuz-$release" ] || die "more than one kernel left in /boot"
 
+step "installing $apt_packages"
+# shellcheck disable=SC2086 # a list of package names
+in_chroot apt-get -q -y --no-install-recommends install $apt_packages >&2
+
+# cloud-init's locale module sets Debian's default, LANG=en_US.UTF-8, with
+# update-locale, which refuses a locale that was never generated.
+sed -i 's/^# *\(en_US\.UTF-8 UTF-8\)/\1/' "$rootfs/etc/locale.gen"
+grep -q '^en_US\.UTF-8 UTF-8' "$rootfs/etc/locale.gen" || echo 'en_US.UTF-8 UTF-8' >> "$rootfs/etc/locale.gen"
+in_chroot locale-gen >&2
+
+step "installing botocore $botocore_version from PyPI"
+# Into /usr/local, beside Debian's own Python packages (pip refuses to
+# touch the system's without --break-system-packages; it only adds here).
+# With the build machine's trust store, not the image's: the way out to
+# PyPI may pass a proxy whose CA only the build machine knows.
+host_ca=/etc/ssl/certs/ca-certificates.crt
+[ -f "$host_ca" ] || die "no $host_ca on the build machine (package ca-certificates)"
+cp "$host_ca" "$rootfs/tmp/build-ca.crt"
+in_chroot pip3 install -q --no-cache-dir --break-system-packages --root-user-action=ignore \
+    --cert /tmp/build-ca.crt ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} \
+    "botocore==$botocore_version" >&2
+rm -f "$rootfs/tmp/build-ca.crt"
+in_chroot python3 -c 'import botocore.utils' || die "botocore does not import"
+
 step "update-initramfs for $release"
 in_chroot update-initramfs -u -k "$release" >&2
 listing=$(in_chroot lsinitramfs "/boot/initrd.img-$release")
@@ -270,5 +302,6 @@ mirror=$mirror
 security_mirror=$security
 disk_mib=$disk_mib
 kernel_cmdline=$cmdline
+botocore_version=$botocore_version
 EOF
 step "done: $out ($(du -sh --apparent-size "$raw" | cut -f1) raw, $(du -sh "$raw" | cut -f1) allocated; qcow2 $(du -sh "$out/disk.qcow2" | cut -f1))"

@@ -26,6 +26,11 @@ pub struct AmiBoot {
     pub tests: Vec<String>,
     /// Further `stratus.KEY=VALUE` arguments for the hooks.
     pub params: Vec<(String, String)>,
+    /// Whether the image's cloud-init runs. Off unless asked for: with
+    /// no network it would spend minutes waiting for a metadata service
+    /// (the platform is EC2 by its DMI tables), so the other boots pass
+    /// `cloud-init=disabled`, cloud-init's own kernel argument for that.
+    pub cloud_init: bool,
 }
 
 impl AmiBoot {
@@ -38,7 +43,14 @@ impl AmiBoot {
             base_cmdline: base_cmdline.to_owned(),
             tests: Vec::new(),
             params: Vec::new(),
+            cloud_init: false,
         }
+    }
+
+    /// Lets cloud-init run, as on a first boot on EC2.
+    pub fn with_cloud_init(mut self) -> Self {
+        self.cloud_init = true;
+        self
     }
 
     /// Adds test hooks, run in this order.
@@ -56,6 +68,9 @@ impl AmiBoot {
     /// The command line without `root=`: the image's, then the hooks'.
     pub fn cmdline(&self) -> String {
         let mut words = vec![self.base_cmdline.clone()];
+        if !self.cloud_init {
+            words.push("cloud-init=disabled".to_owned());
+        }
         if !self.tests.is_empty() {
             words.push(format!("stratus.test={}", self.tests.join(",")));
         }
@@ -66,7 +81,13 @@ impl AmiBoot {
     /// `stratus-vmm --boot-from-disk` (it finds the kernel, initrd and root
     /// UUID in the disk itself), console to `serial` (`stdout`, `file:P`).
     pub fn stratus_vmm(&self, serial: &str) -> Vec<String> {
-        [
+        self.stratus_vmm_with(serial, &[])
+    }
+
+    /// [`AmiBoot::stratus_vmm`] with `extra` arguments at the end
+    /// (`--net …`, `--api-sock …`).
+    pub fn stratus_vmm_with(&self, serial: &str, extra: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = [
             "stratus-vmm",
             "--disk",
             &format!("{},format=qcow2", self.disk),
@@ -81,7 +102,9 @@ impl AmiBoot {
             serial,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
+        argv
     }
 
     /// QEMU `-M microvm` on KVM with the same disk as virtio-blk over
@@ -271,19 +294,26 @@ mod tests {
             .param("marker", "alpha");
         assert_eq!(
             boot.cmdline(),
-            "console=ttyS0 reboot=k quiet stratus.test=info,write-marker stratus.marker=alpha"
+            "console=ttyS0 reboot=k quiet cloud-init=disabled stratus.test=info,write-marker stratus.marker=alpha"
         );
+        assert!(!boot
+            .clone()
+            .with_cloud_init()
+            .cmdline()
+            .contains("cloud-init"));
         let s = boot.stratus_vmm("stdout").join(" ");
         assert!(
             s.starts_with("stratus-vmm --disk /tmp/a.qcow2,format=qcow2 --boot-from-disk"),
             "{s}"
         );
         assert!(s.ends_with("--vcpus 2 --memory 512 --serial stdout"), "{s}");
+        let with = boot.stratus_vmm_with("stdout", &["--api-sock", "/tmp/a.sock"]);
+        assert_eq!(with[with.len() - 2..], ["--api-sock", "/tmp/a.sock"]);
         let q = boot.qemu_microvm("k", "i", "U");
         let append = q.iter().position(|a| a == "-append").map(|i| &q[i + 1]);
         assert_eq!(
             append.map(String::as_str),
-            Some("root=UUID=U rw console=ttyS0 reboot=a quiet stratus.test=info,write-marker stratus.marker=alpha")
+            Some("root=UUID=U rw console=ttyS0 reboot=a quiet cloud-init=disabled stratus.test=info,write-marker stratus.marker=alpha")
         );
         assert!(q
             .join(" ")

@@ -35,6 +35,8 @@ pub const BUILD_PACKAGES: &[&str] = &[
     "fdisk",
     "e2fsprogs",
     "qemu-utils",
+    // The trust store pip uses inside the image build (see build.sh).
+    "ca-certificates",
 ];
 
 /// Environment variables `build.sh` reads; their values are part of the

@@ -23,9 +23,13 @@
 //! the VMM creating overlay C on first launch), driven through the API:
 //! `c1` is shut down with the `Shutdown` action (the ACPI power button,
 //! handled by the guest's systemd-logind), `c2` gets `SendCtrlAltDel`
-//! (systemd reboots). Then every overlay goes through `qemu-img check` and
-//! the base through `sha256sum`.
+//! (systemd reboots). Then two instances, D and E, boot side by side from
+//! fresh overlays on one bridge with cloud-init, DHCP, metadata and
+//! security groups from their VMMs (`ami/cloud.rs`). Then every overlay
+//! goes through `qemu-img check` and the base through `sha256sum`.
 
+#[path = "ami/cloud.rs"]
+mod cloud;
 mod common;
 
 use std::path::Path;
@@ -37,6 +41,7 @@ use stratus_tests::ami_guest::{self, AmiBoot, Section, BOOTED};
 use stratus_tests::case::{CaseExit, CaseResult};
 use stratus_tests::cmd;
 use stratus_tests::debian_ami::{self, DebianAmi};
+use stratus_tests::host_net;
 use stratus_tests::script::Script;
 use stratus_tests::vhost::Outcome;
 use stratus_tests::{vmm_api, workspace};
@@ -117,10 +122,12 @@ fn outcome() -> Option<&'static Outcome> {
         host.binary("stratus-vmm", &vmm)
             .binary("qemu-img", &stratus_tests::vhost::which("qemu-img")?)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
+            .binary(host_net::IPROUTE2, &stratus_tests::vhost::which("ip")?)
+            .modules(host_net::MODULES)
             .disk_file("images/debian-ami/disk.qcow2", &ami.qcow2)
             .file("images/debian-ami/manifest.json", &ami.manifest)
             // The base copy and two overlays live on the host's tmpfs.
-            .memory_mib(3072);
+            .memory_mib(4096);
 
         let mut script = Script::new();
         script.line("cat > /tmp/crash.sh <<'EOF'");
@@ -205,6 +212,7 @@ fn outcome() -> Option<&'static Outcome> {
                 &vmm_api::argv(mode, &sock, &log, &vmm),
             );
         }
+        cloud::add_cases(&mut script, BASE, &ami.kernel_cmdline);
 
         for (name, overlay) in [
             ("check_a", OVERLAY_A),
@@ -215,7 +223,9 @@ fn outcome() -> Option<&'static Outcome> {
         }
         script.case("base_sha256", 300, &["sha256sum", BASE]);
         host.scenario(script.text());
-        host.timeout(Duration::from_secs(7 * BOOT_TIMEOUT_SECS + 480 + 1200));
+        host.timeout(Duration::from_secs(
+            7 * BOOT_TIMEOUT_SECS + 480 + cloud::TIMEOUT_SECS + 1200,
+        ));
         Ok(host)
     })
 }
