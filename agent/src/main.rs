@@ -1,21 +1,40 @@
-//! `stratus-agent`: the per-host agent.
-//!
-//! Only `--version` works today. Every other invocation says plainly that the
-//! agent is not available yet and exits non-zero, so nothing can mistake this
-//! skeleton for a working agent.
+//! `stratus-agent`: parses its settings and serves (see the library).
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use stratus_agent::config::{Config, Flags};
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("stratus-agent {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::resolve(Flags::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stratus-agent: {e}");
+            return ExitCode::from(2);
         }
-        _ => {
-            eprintln!("stratus-agent: not yet available (only --version is implemented)");
-            ExitCode::from(2)
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stratus-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(stratus_agent::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratus-agent: {e}");
+            ExitCode::FAILURE
         }
     }
 }

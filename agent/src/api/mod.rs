@@ -1,0 +1,304 @@
+//! The HTTP/JSON API under `/v1` (axum): the routes, bearer-token
+//! authentication, per-route metrics and error bodies. [`ROUTES`] lists
+//! every route once; a test holds it equal to `openapi.json`.
+
+mod health;
+mod images;
+mod key_pairs;
+mod security_groups;
+mod subnets;
+
+pub use subnets::reconcile_bridges as reconcile;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+use crate::store::{Store, Tx};
+
+/// The OpenAPI document of this API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Every route: method and path template.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/health"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/images"),
+    ("POST", "/v1/images"),
+    ("GET", "/v1/images/{image_id}"),
+    ("DELETE", "/v1/images/{image_id}"),
+    ("GET", "/v1/subnets"),
+    ("POST", "/v1/subnets"),
+    ("GET", "/v1/subnets/{subnet_id}"),
+    ("DELETE", "/v1/subnets/{subnet_id}"),
+    ("GET", "/v1/key-pairs"),
+    ("POST", "/v1/key-pairs"),
+    ("GET", "/v1/key-pairs/{key_name}"),
+    ("DELETE", "/v1/key-pairs/{key_name}"),
+    ("GET", "/v1/security-groups"),
+    ("POST", "/v1/security-groups"),
+    ("GET", "/v1/security-groups/{group_id}"),
+    ("DELETE", "/v1/security-groups/{group_id}"),
+    ("POST", "/v1/security-groups/{group_id}/authorize-ingress"),
+    ("POST", "/v1/security-groups/{group_id}/revoke-ingress"),
+    ("POST", "/v1/security-groups/{group_id}/authorize-egress"),
+    ("POST", "/v1/security-groups/{group_id}/revoke-egress"),
+];
+
+/// Routes anyone may call (a load balancer's or a monitor's probes).
+const OPEN_ROUTES: &[&str] = &["/v1/health", "/metrics"];
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub store: Arc<Mutex<Store>>,
+    pub metrics: Mutex<ApiMetrics>,
+    /// The bearer token; `None` only in tests of the API's own plumbing.
+    pub token: Option<String>,
+    pub started: Instant,
+}
+
+impl App {
+    /// Runs `f` in a write transaction, off the async threads (a commit
+    /// waits for the disk).
+    pub async fn write<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || lock(&store).write(f))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                )
+            })?
+    }
+
+    /// Runs `f` in a read transaction.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || lock(&store).read(f))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    e.to_string(),
+                )
+            })?
+    }
+}
+
+/// The store's lock; a panic while it was held leaves the connection in
+/// a valid state (SQLite rolls back an unfinished transaction).
+pub fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A JSON body whose rejections (not JSON, wrong fields, unknown fields)
+/// are 400s in the API's error format.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(e) => Err(rejection(e)),
+        }
+    }
+}
+
+fn rejection(e: JsonRejection) -> ApiError {
+    let status = match e {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, "InvalidRequest", e.body_text())
+}
+
+/// The router with every route, authentication and metrics.
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/images", get(images::list).post(images::register))
+        .route(
+            "/v1/images/{image_id}",
+            get(images::describe).delete(images::deregister),
+        )
+        .route("/v1/subnets", get(subnets::list).post(subnets::create))
+        .route(
+            "/v1/subnets/{subnet_id}",
+            get(subnets::describe).delete(subnets::delete),
+        )
+        .route(
+            "/v1/key-pairs",
+            get(key_pairs::list).post(key_pairs::import),
+        )
+        .route(
+            "/v1/key-pairs/{key_name}",
+            get(key_pairs::describe).delete(key_pairs::delete),
+        )
+        .route(
+            "/v1/security-groups",
+            get(security_groups::list).post(security_groups::create),
+        )
+        .route(
+            "/v1/security-groups/{group_id}",
+            get(security_groups::describe).delete(security_groups::delete),
+        )
+        .route(
+            "/v1/security-groups/{group_id}/authorize-ingress",
+            post(security_groups::authorize_ingress),
+        )
+        .route(
+            "/v1/security-groups/{group_id}/revoke-ingress",
+            post(security_groups::revoke_ingress),
+        )
+        .route(
+            "/v1/security-groups/{group_id}/authorize-egress",
+            post(security_groups::authorize_egress),
+        )
+        .route(
+            "/v1/security-groups/{group_id}/revoke-egress",
+            post(security_groups::revoke_egress),
+        );
+    v1.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), measure))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "UnknownRoute", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UnsupportedOperation",
+        "this route does not take that method",
+    )
+}
+
+/// Refuses requests without the bearer token (but on [`OPEN_ROUTES`]).
+async fn authenticate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let open = OPEN_ROUTES.contains(&req.uri().path());
+    if let (Some(token), false) = (&app.token, open) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthFailure",
+                "missing or wrong bearer token (Authorization: Bearer …)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Equality that takes as long whatever the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts requests and their durations by route template.
+async fn measure(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let seconds = start.elapsed().as_secs_f64();
+    app.metrics
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .record(&route, response.status().as_u16(), seconds);
+    response
+}
+
+/// Today's date and time in RFC 3339 (UTC), for `created_at`.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "put", "patch", "post", "delete"].contains(&method.as_str()) {
+                    documented.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let served: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, served, "openapi.json and ROUTES disagree");
+    }
+
+    #[test]
+    fn dates_are_rfc3339() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.starts_with("20") && now.ends_with('Z'), "{now}");
+    }
+}

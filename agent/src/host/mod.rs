@@ -1,0 +1,3 @@
+//! What the agent changes on the host itself.
+
+pub mod bridge;

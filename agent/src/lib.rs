@@ -1,0 +1,103 @@
+//! `stratus-agent`, the per-host agent: its API, its store and what it
+//! changes on the host. The binary (`main.rs`) only parses its settings
+//! and runs [`serve`].
+//!
+//! Today the agent keeps images, subnets (with their bridges), key pairs
+//! and security groups; instances and their lifecycle are not built yet.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod metrics;
+pub mod model;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::api::App;
+use crate::config::Config;
+use crate::store::Store;
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("token file {path}: {source}")]
+    Token {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token file {0} is empty")]
+    EmptyToken(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("reconciling subnet bridges: {0}")]
+    Bridges(#[from] host::bridge::BridgeError),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the store, reconciles the host with it, and serves the API on
+/// `config.listen` until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let token = config::load_or_create_token(&config.token_file)?;
+    let mut store = Store::open(&config.state_dir)?;
+    api::reconcile(&mut store)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let app = Arc::new(App {
+        store: Arc::new(Mutex::new(store)),
+        metrics: Mutex::new(metrics::ApiMetrics::default()),
+        token: Some(token),
+        started: Instant::now(),
+    });
+    tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");
+    // The line a supervisor or a test waits for.
+    println!(
+        "stratus-agent: listening on {}",
+        listener
+            .local_addr()
+            .map_or(config.listen.clone(), |a| a.to_string())
+    );
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(AgentError::Serve)?;
+    tracing::info!("stratus-agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the agent can still be killed; it just
+        // does not drain connections first.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,9 @@
+//! The agent's resources and the rules they obey, free of storage and
+//! HTTP: what EC2 accepts and refuses, in one place.
+
+pub mod cidr;
+pub mod ids;
+pub mod image;
+pub mod key_pair;
+pub mod security_group;
+pub mod subnet;

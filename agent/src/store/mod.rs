@@ -1,0 +1,245 @@
+//! The agent's state: one SQLite database (WAL, `synchronous=FULL`) in
+//! the state directory. Every change commits, and is on disk, before the
+//! API answers; the agent holds nothing else that would be lost with it.
+//!
+//! Resources are rows keyed by id with the resource as JSON beside the
+//! columns that need an index or a uniqueness constraint. One connection
+//! behind a mutex: a check and the write it guards run under one lock, in
+//! one transaction, so concurrent requests cannot interleave between them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Schema version in `PRAGMA user_version`; [`Store::open`] migrates up.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE images (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE subnets (id TEXT PRIMARY KEY, cidr_block TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE key_pairs (id TEXT PRIMARY KEY, key_name TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
+CREATE TABLE security_groups (id TEXT PRIMARY KEY, group_name TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
+";
+
+/// A table of resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Images,
+    Subnets,
+    KeyPairs,
+    SecurityGroups,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Images => "images",
+            Table::Subnets => "subnets",
+            Table::KeyPairs => "key_pairs",
+            Table::SecurityGroups => "security_groups",
+        }
+    }
+}
+
+/// A store failure: the database itself (I/O, corruption), never bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database holds a row that does not parse: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("state database schema version {found} is newer than this agent's ({SCHEMA_VERSION})")]
+    TooNew { found: i64 },
+}
+
+/// The open database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    /// Durations of commits, for `/metrics` (seconds).
+    pub commit_seconds: crate::metrics::Histogram,
+}
+
+impl Store {
+    /// Opens (creating if needed) `state.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(dir.join("state.db"))?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.pragma_update(None, "synchronous", "full")?;
+        conn.pragma_update(None, "foreign_keys", "on")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version });
+        }
+        if version < 1 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+            ))?;
+        }
+        Ok(Self {
+            conn,
+            commit_seconds: crate::metrics::Histogram::default(),
+        })
+    }
+
+    /// Runs `f` in one transaction, committed (durably) if it returns Ok.
+    pub fn write<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.conn.transaction().map_err(StoreError::from)?;
+        let mut w = Tx { tx };
+        let out = f(&mut w)?;
+        let start = Instant::now();
+        w.tx.commit().map_err(StoreError::from)?;
+        self.commit_seconds.observe(start.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    /// Reads with the same helpers (a transaction that is never committed).
+    pub fn read<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.conn.transaction().map_err(StoreError::from)?;
+        let mut r = Tx { tx };
+        f(&mut r)
+    }
+}
+
+/// A transaction with typed row helpers.
+#[derive(Debug)]
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+}
+
+impl Tx<'_> {
+    /// The resource with `id`, if any.
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let body: Option<String> = self
+            .tx
+            .query_row(
+                &format!("SELECT body FROM {} WHERE id = ?1", table.name()),
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+    }
+
+    /// Every resource of `table`, in id order.
+    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare(&format!("SELECT body FROM {} ORDER BY id", table.name()))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// The id of the row whose unique column `column` equals `value`.
+    pub fn id_by(
+        &self,
+        table: Table,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .query_row(
+                &format!("SELECT id FROM {} WHERE {column} = ?1", table.name()),
+                params![value],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Inserts or replaces the row `id`; `columns` are the indexed
+    /// columns besides the body, as (name, value).
+    pub fn put<T: Serialize>(
+        &self,
+        table: Table,
+        id: &str,
+        columns: &[(&str, &str)],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(value)?;
+        let names: String = columns.iter().map(|(n, _)| format!(", {n}")).collect();
+        let marks: String = (0..columns.len())
+            .map(|i| format!(", ?{}", i + 3))
+            .collect();
+        let updates: String = columns
+            .iter()
+            .map(|(n, _)| format!(", {n} = excluded.{n}"))
+            .collect();
+        // An upsert on the id only: a clash on another unique column is an
+        // error (INSERT OR REPLACE would delete the other row instead).
+        let sql = format!(
+            "INSERT INTO {} (id, body{names}) VALUES (?1, ?2{marks}) \
+             ON CONFLICT(id) DO UPDATE SET body = excluded.body{updates}",
+            table.name()
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id, &body];
+        for (_, v) in columns {
+            values.push(v);
+        }
+        self.tx.execute(&sql, values.as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes the row `id`; whether there was one.
+    pub fn delete(&self, table: Table, id: &str) -> Result<bool, StoreError> {
+        let n = self.tx.execute(
+            &format!("DELETE FROM {} WHERE id = ?1", table.name()),
+            params![id],
+        )?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_reopening_and_failed_writes_change_nothing() {
+        let dir = std::env::temp_dir().join(format!("stratus-agent-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let mut s = Store::open(&dir).unwrap();
+            s.write(|tx| tx.put(Table::KeyPairs, "key-1", &[("key_name", "a")], &"one"))
+                .unwrap();
+            // A failing closure rolls its writes back.
+            let r: Result<(), StoreError> = s.write(|tx| {
+                tx.put(Table::KeyPairs, "key-2", &[("key_name", "b")], &"two")?;
+                Err(StoreError::TooNew { found: 9 })
+            });
+            assert!(r.is_err());
+            // The unique column refuses a second row with the same name.
+            assert!(s
+                .write(|tx| tx.put(Table::KeyPairs, "key-3", &[("key_name", "a")], &"three"))
+                .is_err());
+        }
+        let mut s = Store::open(&dir).unwrap();
+        let rows: Vec<String> = s.read(|tx| tx.list(Table::KeyPairs)).unwrap();
+        assert_eq!(rows, vec!["one".to_string()]);
+        let id = s
+            .read(|tx| tx.id_by(Table::KeyPairs, "key_name", "a"))
+            .unwrap();
+        assert_eq!(id.as_deref(), Some("key-1"));
+        assert!(s.write(|tx| tx.delete(Table::KeyPairs, "key-1")).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
