@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
+use crate::model::security_group::Direction;
 use crate::store::{Store, Tx};
 
 /// The OpenAPI document of this API.
@@ -75,16 +76,7 @@ impl App {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || lock(&store).write(f))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    e.to_string(),
-                )
-            })?
+        self.blocking(move |store| store.write(f)).await
     }
 
     /// Runs `f` in a read transaction.
@@ -92,8 +84,15 @@ impl App {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.blocking(move |store| store.read(f)).await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || lock(&store).read(f))
+        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -171,19 +170,19 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/security-groups/{group_id}/authorize-ingress",
-            post(security_groups::authorize_ingress),
+            post(security_groups::rule_change(Direction::Ingress, true)),
         )
         .route(
             "/v1/security-groups/{group_id}/revoke-ingress",
-            post(security_groups::revoke_ingress),
+            post(security_groups::rule_change(Direction::Ingress, false)),
         )
         .route(
             "/v1/security-groups/{group_id}/authorize-egress",
-            post(security_groups::authorize_egress),
+            post(security_groups::rule_change(Direction::Egress, true)),
         )
         .route(
             "/v1/security-groups/{group_id}/revoke-egress",
-            post(security_groups::revoke_egress),
+            post(security_groups::rule_change(Direction::Egress, false)),
         );
     v1.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -235,34 +235,19 @@ async fn change(
     Ok(Json(group.into()))
 }
 
-pub async fn authorize_ingress(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Body(req): Body<Permissions>,
-) -> Result<Json<GroupView>, ApiError> {
-    change(app, id, Direction::Ingress, true, req).await
+/// The handler of one of the four rule routes: authorize (or revoke)
+/// rules in `direction`.
+pub fn rule_change(
+    direction: Direction,
+    authorize: bool,
+) -> impl Fn(State<Arc<App>>, Path<String>, Body<Permissions>) -> ChangeFuture
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |State(app), Path(id), Body(req)| Box::pin(change(app, id, direction, authorize, req))
 }
 
-pub async fn revoke_ingress(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Body(req): Body<Permissions>,
-) -> Result<Json<GroupView>, ApiError> {
-    change(app, id, Direction::Ingress, false, req).await
-}
-
-pub async fn authorize_egress(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Body(req): Body<Permissions>,
-) -> Result<Json<GroupView>, ApiError> {
-    change(app, id, Direction::Egress, true, req).await
-}
-
-pub async fn revoke_egress(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Body(req): Body<Permissions>,
-) -> Result<Json<GroupView>, ApiError> {
-    change(app, id, Direction::Egress, false, req).await
-}
+/// What [`rule_change`]'s handlers return.
+pub type ChangeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Json<GroupView>, ApiError>> + Send>>;
