@@ -4,6 +4,9 @@
 pub mod cidr;
 pub mod ids;
 pub mod image;
+pub mod instance;
+pub mod instance_type;
 pub mod key_pair;
+pub mod nic_rules;
 pub mod security_group;
 pub mod subnet;
