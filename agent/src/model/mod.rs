@@ -7,6 +7,7 @@ pub mod image;
 pub mod instance;
 pub mod instance_type;
 pub mod key_pair;
+pub mod lease;
 pub mod nic_rules;
 pub mod security_group;
 pub mod subnet;
