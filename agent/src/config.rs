@@ -27,8 +27,12 @@ pub struct Flags {
     /// missing. Default: `api-token` in the state directory.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// A JSON file with any of `state_dir`, `listen`, `token_file`;
-    /// flags win over it.
+    /// The `stratus-vmm` binary instances run (default: the one beside
+    /// this binary, else `stratus-vmm` on PATH).
+    #[arg(long)]
+    pub vmm: Option<PathBuf>,
+    /// A JSON file with any of `state_dir`, `listen`, `token_file`,
+    /// `vmm`; flags win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -40,6 +44,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    vmm: Option<PathBuf>,
 }
 
 /// The effective settings.
@@ -48,6 +53,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub listen: String,
     pub token_file: PathBuf,
+    pub vmm: PathBuf,
 }
 
 /// Default API address: loopback only.
@@ -79,12 +85,23 @@ impl Config {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let vmm = flags.vmm.or(file.vmm).unwrap_or_else(default_vmm);
         Ok(Self {
             state_dir,
             listen,
             token_file,
+            vmm,
         })
     }
+}
+
+/// `stratus-vmm` beside this binary if it is there, else from PATH.
+fn default_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("stratus-vmm")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("stratus-vmm"))
 }
 
 /// Reads the bearer token, making a random one first if the file is

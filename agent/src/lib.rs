@@ -2,8 +2,9 @@
 //! changes on the host. The binary (`main.rs`) only parses its settings
 //! and runs [`serve`].
 //!
-//! Today the agent keeps images, subnets (with their bridges), key pairs
-//! and security groups; instances and their lifecycle are not built yet.
+//! It keeps images, subnets (with their bridges), key pairs, security
+//! groups and instances, each instance a `stratus-vmm` process it starts,
+//! watches and finds again after its own restart.
 
 pub mod api;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod host;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod supervisor;
+pub mod vmm_client;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -64,12 +67,20 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
             addr: config.listen.clone(),
             source,
         })?;
+    let instances: Vec<model::instance::Instance> =
+        store.read(|tx| tx.list(store::Table::Instances))?;
     let app = Arc::new(App {
         store: Arc::new(Mutex::new(store)),
         metrics: Mutex::new(metrics::ApiMetrics::default()),
         token: Some(token),
         started: Instant::now(),
+        supervisor: supervisor::Supervisor {
+            vmm: config.vmm.clone(),
+            instances_dir: config.state_dir.join("instances"),
+        },
+        adopted: std::sync::atomic::AtomicU64::new(0),
     });
+    supervisor::adopt(&app, instances);
     tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");
     // The line a supervisor or a test waits for.
     println!(

@@ -563,3 +563,148 @@ fn fifty_concurrent_calls_all_succeed_or_fail_cleanly() {
     assert_eq!(list["security_groups"].as_array().unwrap().len(), 26);
     eprintln!("50 concurrent creates in {:?}", start.elapsed());
 }
+
+#[test]
+fn instance_requests_are_checked_before_anything_runs() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start("instances");
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let image_id = image["image_id"].as_str().unwrap().to_string();
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.214.0.0/28"})),
+        201,
+    );
+    let mut agent = agent;
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let subnet_id = subnet["subnet_id"].as_str().unwrap().to_string();
+    let group = agent.ok(
+        "POST",
+        "/v1/security-groups",
+        Some(json!({"group_name": "g", "description": "d"})),
+        201,
+    );
+    let group_id = group["group_id"].as_str().unwrap().to_string();
+    let base = json!({"image_id": image_id, "instance_type": "t3.nano", "subnet_id": subnet_id, "security_group_ids": [group_id]});
+    let with = |key: &str, value: Value| {
+        let mut b = base.clone();
+        b[key] = value;
+        b.to_string()
+    };
+    let cases = [
+        (
+            with("image_id", json!("ami-00000000000000000")),
+            404,
+            "InvalidAMIID.NotFound",
+        ),
+        (
+            with("subnet_id", json!("subnet-00000000000000000")),
+            404,
+            "InvalidSubnetID.NotFound",
+        ),
+        (
+            with("security_group_ids", json!(["sg-00000000000000000"])),
+            404,
+            "InvalidGroup.NotFound",
+        ),
+        (
+            with("security_group_ids", json!([])),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with("instance_type", json!("z9.huge")),
+            400,
+            "InvalidParameterValue",
+        ),
+        (with("count", json!(0)), 400, "InvalidParameterValue"),
+        (
+            with("key_name", json!("nobody")),
+            404,
+            "InvalidKeyPair.NotFound",
+        ),
+        (
+            with("user_data", json!("%%%")),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with("private_ip_address", json!("10.214.0.1")),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with("private_ip_address", json!("10.99.0.9")),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with(
+                "metadata_options",
+                json!({"http_put_response_hop_limit": 65}),
+            ),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with("metadata_options", json!({"http_tokens": "sometimes"})),
+            400,
+            "InvalidParameterValue",
+        ),
+        // A /28 has 11 addresses for instances.
+        (
+            with("count", json!(12)),
+            409,
+            "InsufficientFreeAddressesInSubnet",
+        ),
+        (with("bogus", json!(1)), 400, "InvalidRequest"),
+        // More memory than this host has (the check needs no launch).
+        (
+            with("count", json!(20)).replace("t3.nano", "m5.2xlarge"),
+            409,
+            "InsufficientInstanceCapacity",
+        ),
+    ];
+    for (body, status, code) in cases {
+        assert_error(&agent, "POST", "/v1/instances", Some(&body), status, code);
+    }
+    // Nothing was made.
+    let list = agent.ok("GET", "/v1/instances", None, 200);
+    assert_eq!(list["instances"], json!([]), "{list}");
+    assert_error(
+        &agent,
+        "GET",
+        "/v1/instances/i-00000000000000000",
+        None,
+        404,
+        "InvalidInstanceID.NotFound",
+    );
+    assert_error(
+        &agent,
+        "POST",
+        "/v1/instances/nope/stop",
+        None,
+        400,
+        "InvalidInstanceID.Malformed",
+    );
+    assert_error(
+        &agent,
+        "GET",
+        "/v1/instances?state=sleeping",
+        None,
+        400,
+        "InvalidParameterValue",
+    );
+    agent.ok("DELETE", &format!("/v1/subnets/{subnet_id}"), None, 204);
+}

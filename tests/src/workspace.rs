@@ -72,3 +72,12 @@ pub fn stratus_vmm() -> Result<PathBuf> {
         None => workspace_binary("stratus-vmm", "stratus-vmm", true),
     }
 }
+
+/// The host agent under test: `$STRATUS_AGENT`, else built (debug: the
+/// unit-test step has built it already).
+pub fn stratus_agent() -> Result<PathBuf> {
+    match std::env::var_os("STRATUS_AGENT") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => workspace_binary("stratus-agent", "stratus-agent", false),
+    }
+}

@@ -74,6 +74,24 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         let _ = writeln!(out, "stratus_agent_resources{{kind=\"{kind}\"}} {n}");
     }
     out.push_str(
+        "# HELP stratus_agent_vmms_adopted_total VMMs found running at start and watched again.\n",
+    );
+    out.push_str("# TYPE stratus_agent_vmms_adopted_total counter\n");
+    let adopted = app.adopted.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "stratus_agent_vmms_adopted_total {adopted}");
+    out.push_str("# HELP stratus_agent_instances Instances by state.\n");
+    out.push_str("# TYPE stratus_agent_instances gauge\n");
+    let instances: Vec<crate::model::instance::Instance> =
+        app.read(|tx| Ok(tx.list(Table::Instances)?)).await?;
+    for st in crate::model::instance::State::ALL {
+        let n = instances.iter().filter(|i| i.state == st).count();
+        let _ = writeln!(
+            out,
+            "stratus_agent_instances{{state=\"{}\"}} {n}",
+            st.name()
+        );
+    }
+    out.push_str(
         "# HELP stratus_agent_store_commit_duration_seconds State database commit durations.\n",
     );
     out.push_str("# TYPE stratus_agent_store_commit_duration_seconds histogram\n");

@@ -98,8 +98,12 @@ pub async fn deregister(
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
     app.write(move |tx| {
-        // No instance can use an image yet: instances come with the
-        // lifecycle, which will refuse this while one does.
+        if let Some(user) = crate::supervisor::live_instances(tx)?.find(|i| i.image_id == id) {
+            return Err(ApiError::conflict(
+                "InvalidAMIID.InUse",
+                format!("image {id} is used by instance {}", user.instance_id),
+            ));
+        }
         if !tx.delete(Table::Images, &id)? {
             return Err(ApiError::not_found("InvalidAMIID.NotFound", "image", &id));
         }

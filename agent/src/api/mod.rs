@@ -4,6 +4,7 @@
 
 mod health;
 mod images;
+mod instances;
 mod key_pairs;
 mod security_groups;
 mod subnets;
@@ -54,6 +55,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/security-groups/{group_id}/revoke-ingress"),
     ("POST", "/v1/security-groups/{group_id}/authorize-egress"),
     ("POST", "/v1/security-groups/{group_id}/revoke-egress"),
+    ("GET", "/v1/instances"),
+    ("POST", "/v1/instances"),
+    ("GET", "/v1/instances/{instance_id}"),
+    ("POST", "/v1/instances/{instance_id}/stop"),
+    ("POST", "/v1/instances/{instance_id}/start"),
+    ("POST", "/v1/instances/{instance_id}/reboot"),
+    ("POST", "/v1/instances/{instance_id}/terminate"),
+    ("GET", "/v1/instances/{instance_id}/console"),
 ];
 
 /// Routes anyone may call (a load balancer's or a monitor's probes).
@@ -67,6 +76,9 @@ pub struct App {
     /// The bearer token; `None` only in tests of the API's own plumbing.
     pub token: Option<String>,
     pub started: Instant,
+    pub supervisor: crate::supervisor::Supervisor,
+    /// VMMs found running at start and watched again.
+    pub adopted: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -183,6 +195,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/security-groups/{group_id}/revoke-egress",
             post(security_groups::rule_change(Direction::Egress, false)),
+        )
+        .route("/v1/instances", get(instances::list).post(instances::run))
+        .route("/v1/instances/{instance_id}", get(instances::describe))
+        .route("/v1/instances/{instance_id}/stop", post(instances::stop))
+        .route("/v1/instances/{instance_id}/start", post(instances::start))
+        .route(
+            "/v1/instances/{instance_id}/reboot",
+            post(instances::reboot),
+        )
+        .route(
+            "/v1/instances/{instance_id}/terminate",
+            post(instances::terminate),
+        )
+        .route(
+            "/v1/instances/{instance_id}/console",
+            get(instances::console),
         );
     v1.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

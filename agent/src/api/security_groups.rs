@@ -139,8 +139,14 @@ pub async fn delete(
     checked_id(&id)?;
     app.write(move |tx| {
         load(tx, &id)?;
-        // Instances come with the lifecycle, which will refuse this while
-        // a running instance has the group.
+        if let Some(user) =
+            crate::supervisor::live_instances(tx)?.find(|i| i.security_group_ids.contains(&id))
+        {
+            return Err(ApiError::conflict(
+                "DependencyViolation",
+                format!("{id} is attached to instance {}", user.instance_id),
+            ));
+        }
         let groups: Vec<SecurityGroup> = tx.list(Table::SecurityGroups)?;
         if let Some(user) = groups
             .iter()

@@ -154,8 +154,6 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
-    // Instances (and their leases) come with the lifecycle, which will
-    // refuse this while the subnet has any.
     let subnet = app
         .write(move |tx| {
             let Some(mut subnet) = tx.get::<Subnet>(Table::Subnets, &id)? else {
@@ -165,6 +163,12 @@ pub async fn delete(
                     &id,
                 ));
             };
+            if let Some(user) = crate::supervisor::live_instances(tx)?.find(|i| i.subnet_id == id) {
+                return Err(ApiError::conflict(
+                    "DependencyViolation",
+                    format!("subnet {id} has instance {}", user.instance_id),
+                ));
+            }
             if subnet.state != "available" {
                 return Err(ApiError::conflict(
                     "IncorrectState",

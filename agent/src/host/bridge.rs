@@ -17,7 +17,7 @@ pub struct BridgeError {
     detail: String,
 }
 
-fn ip(args: &[&str]) -> Result<String, BridgeError> {
+pub(crate) fn ip(args: &[&str]) -> Result<String, BridgeError> {
     let fail = |detail: String| BridgeError {
         args: args.join(" "),
         detail,

@@ -142,3 +142,60 @@ mod tests {
         }
     }
 }
+
+/// An instance as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub subnet_id: String,
+    /// The leased address; kept while stopped, released at termination.
+    pub private_ip: Option<String>,
+    pub mac: String,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    /// Base64, as given.
+    pub user_data: Option<String>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub metadata_options: stratus_devices::net::metadata::MetadataOptions,
+    pub state: State,
+    /// Why the state last changed, in EC2's style
+    /// (`Client.InstanceInitiatedShutdown: …`), when there is a reason.
+    pub state_reason: Option<String>,
+    /// Bumped by every change of the record.
+    pub generation: u64,
+    pub launch_time: String,
+    pub client_token: Option<String>,
+    /// The VMM process while there is one.
+    pub process: Option<crate::host::process::ProcessId>,
+    pub tap: String,
+}
+
+impl Instance {
+    /// Applies `event`; the new state, or `None` (nothing changed) when
+    /// the transition is not allowed.
+    pub fn apply(&mut self, event: Event, reason: Option<String>) -> Option<State> {
+        let to = next(self.state, event)?;
+        self.state = to;
+        if reason.is_some() {
+            self.state_reason = reason;
+        }
+        self.generation += 1;
+        Some(to)
+    }
+}
+
+/// A MAC for an instance: locally administered, unicast, from its id.
+pub fn mac_for(instance_id: &str) -> String {
+    let hex = instance_id.trim_start_matches("i-");
+    let tail = &hex[hex.len().saturating_sub(10)..];
+    let mut mac = String::from("02");
+    for i in (0..tail.len()).step_by(2) {
+        mac.push(':');
+        mac.push_str(&tail[i..(i + 2).min(tail.len())]);
+    }
+    mac
+}

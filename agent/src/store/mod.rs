@@ -15,13 +15,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Schema version in `PRAGMA user_version`; [`Store::open`] migrates up.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE images (id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE subnets (id TEXT PRIMARY KEY, cidr_block TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE key_pairs (id TEXT PRIMARY KEY, key_name TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
 CREATE TABLE security_groups (id TEXT PRIMARY KEY, group_name TEXT NOT NULL UNIQUE, body TEXT NOT NULL);
+";
+
+const SCHEMA_V2: &str = "
+CREATE TABLE instances (id TEXT PRIMARY KEY, client_token TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX instances_by_client_token ON instances (client_token);
 ";
 
 /// A table of resources.
@@ -31,6 +36,7 @@ pub enum Table {
     Subnets,
     KeyPairs,
     SecurityGroups,
+    Instances,
 }
 
 impl Table {
@@ -40,6 +46,7 @@ impl Table {
             Table::Subnets => "subnets",
             Table::KeyPairs => "key_pairs",
             Table::SecurityGroups => "security_groups",
+            Table::Instances => "instances",
         }
     }
 }
@@ -75,10 +82,11 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew { found: version });
         }
-        if version < 1 {
-            conn.execute_batch(&format!(
-                "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-            ))?;
+        // Each step in one transaction with its version bump.
+        for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+            if version < to {
+                conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
+            }
         }
         Ok(Self {
             conn,
@@ -141,6 +149,25 @@ impl Tx<'_> {
             .tx
             .prepare(&format!("SELECT body FROM {} ORDER BY id", table.name()))?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// The rows whose column `column` equals `value`, in id order.
+    pub fn list_by<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        column: &str,
+        value: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.tx.prepare(&format!(
+            "SELECT body FROM {} WHERE {column} = ?1 ORDER BY id",
+            table.name()
+        ))?;
+        let rows = stmt.query_map(params![value], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for row in rows {
             out.push(serde_json::from_str(&row?)?);

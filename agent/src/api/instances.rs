@@ -1,0 +1,566 @@
+//! `/v1/instances`: run, describe, stop, start, reboot, terminate, and
+//! the console. Each instance is a VMM process the supervisor watches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stratus_devices::net::metadata::{HttpEndpoint, HttpTokens, MetadataOptions};
+
+use super::{now_rfc3339, App, Body};
+use crate::error::ApiError;
+use crate::host::tap;
+use crate::model::cidr::Cidr;
+use crate::model::ids::{self, Kind};
+use crate::model::image::Image;
+use crate::model::instance::{mac_for, Event, Instance, State as St};
+use crate::model::instance_type;
+use crate::model::lease;
+use crate::model::security_group::SecurityGroup;
+use crate::model::subnet::Subnet;
+use crate::store::Table;
+use crate::supervisor::{self, check_user_data, launch_inputs, put, start_vmm, watch};
+
+/// Most instances one call may run.
+const MAX_COUNT: u32 = 20;
+/// Most security groups per instance (EC2's default quota).
+const MAX_GROUPS: usize = 5;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataOptionsIn {
+    #[serde(default)]
+    http_tokens: Option<String>,
+    #[serde(default)]
+    http_endpoint: Option<String>,
+    #[serde(default)]
+    http_put_response_hop_limit: Option<u8>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInstances {
+    image_id: String,
+    instance_type: String,
+    subnet_id: String,
+    #[serde(default)]
+    security_group_ids: Vec<String>,
+    #[serde(default)]
+    private_ip_address: Option<String>,
+    #[serde(default)]
+    key_name: Option<String>,
+    /// Base64.
+    #[serde(default)]
+    user_data: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata_options: Option<MetadataOptionsIn>,
+    #[serde(default = "one")]
+    count: u32,
+    /// The same token returns the same instances, launching nothing.
+    #[serde(default)]
+    client_token: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn metadata_options(m: Option<MetadataOptionsIn>) -> Result<MetadataOptions, ApiError> {
+    let mut out = MetadataOptions::default();
+    let Some(m) = m else { return Ok(out) };
+    out.http_tokens = match m.http_tokens.as_deref() {
+        None | Some("optional") => HttpTokens::Optional,
+        Some("required") => HttpTokens::Required,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "http_tokens `{other}`: optional or required"
+            )))
+        }
+    };
+    out.http_endpoint = match m.http_endpoint.as_deref() {
+        None | Some("enabled") => HttpEndpoint::Enabled,
+        Some("disabled") => HttpEndpoint::Disabled,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "http_endpoint `{other}`: enabled or disabled"
+            )))
+        }
+    };
+    if let Some(h) = m.http_put_response_hop_limit {
+        if !(1..=64).contains(&h) {
+            return Err(ApiError::invalid(
+                "http_put_response_hop_limit must be 1-64",
+            ));
+        }
+        out.hop_limit = h;
+    }
+    Ok(out)
+}
+
+/// The host's memory that instances may use: all but 1 GiB for the host.
+fn memory_capacity_mib() -> u64 {
+    let kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (kib / 1024).saturating_sub(1024)
+}
+
+pub async fn run(
+    State(app): State<Arc<App>>,
+    Body(req): Body<RunInstances>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let itype = instance_type::lookup(&req.instance_type).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "instance_type `{}` is not offered on this host",
+            req.instance_type
+        ))
+    })?;
+    if req.count == 0 || req.count > MAX_COUNT {
+        return Err(ApiError::invalid(format!("count must be 1-{MAX_COUNT}")));
+    }
+    if req.private_ip_address.is_some() && req.count != 1 {
+        return Err(ApiError::invalid("private_ip_address needs count 1"));
+    }
+    if req.security_group_ids.is_empty() || req.security_group_ids.len() > MAX_GROUPS {
+        return Err(ApiError::invalid(format!(
+            "security_group_ids: 1-{MAX_GROUPS} groups"
+        )));
+    }
+    if let Some(u) = &req.user_data {
+        check_user_data(u).map_err(ApiError::invalid)?;
+    }
+    if req.tags.len() > 50
+        || req
+            .tags
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 256)
+    {
+        return Err(ApiError::invalid(
+            "tags: at most 50, keys 1-128 and values 0-256 characters",
+        ));
+    }
+    if req
+        .client_token
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > 64)
+    {
+        return Err(ApiError::invalid("client_token must be 1-64 characters"));
+    }
+    let wanted_ip = match &req.private_ip_address {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| ApiError::invalid(format!("private_ip_address `{ip}` is not IPv4")))?,
+        ),
+        None => None,
+    };
+    let options = metadata_options(req.metadata_options)?;
+    let capacity = memory_capacity_mib();
+    let sup = app.supervisor.clone();
+    let app2 = Arc::clone(&app);
+    let instances = app
+        .write(move |tx| {
+            if let Some(token) = &req.client_token {
+                let earlier: Vec<Instance> = tx.list_by(Table::Instances, "client_token", token)?;
+                if !earlier.is_empty() {
+                    return Ok(earlier);
+                }
+            }
+            if tx.get::<Image>(Table::Images, &req.image_id)?.is_none() {
+                return Err(ApiError::not_found(
+                    "InvalidAMIID.NotFound",
+                    "image",
+                    &req.image_id,
+                ));
+            }
+            let subnet: Subnet = tx.get(Table::Subnets, &req.subnet_id)?.ok_or_else(|| {
+                ApiError::not_found("InvalidSubnetID.NotFound", "subnet", &req.subnet_id)
+            })?;
+            if subnet.state != "available" {
+                return Err(ApiError::conflict(
+                    "IncorrectState",
+                    format!("subnet {} is {}", subnet.subnet_id, subnet.state),
+                ));
+            }
+            for g in &req.security_group_ids {
+                if tx.get::<SecurityGroup>(Table::SecurityGroups, g)?.is_none() {
+                    return Err(ApiError::not_found(
+                        "InvalidGroup.NotFound",
+                        "security group",
+                        g,
+                    ));
+                }
+            }
+            if let Some(k) = &req.key_name {
+                if tx.id_by(Table::KeyPairs, "key_name", k)?.is_none() {
+                    return Err(ApiError::not_found(
+                        "InvalidKeyPair.NotFound",
+                        "key pair",
+                        k,
+                    ));
+                }
+            }
+            let all: Vec<Instance> = tx.list(Table::Instances)?;
+            let used_mib: u64 = all
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        i.state,
+                        St::Pending | St::Running | St::Stopping | St::ShuttingDown
+                    )
+                })
+                .map(|i| u64::from(i.memory_mib))
+                .sum();
+            let need = u64::from(itype.memory_mib) * u64::from(req.count);
+            if used_mib + need > capacity {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "InsufficientInstanceCapacity",
+                    format!(
+                        "{need} MiB asked, {} MiB free of {capacity}",
+                        capacity.saturating_sub(used_mib)
+                    ),
+                ));
+            }
+            let cidr: Cidr = subnet
+                .cidr_block
+                .parse()
+                .map_err(|e| ApiError::invalid(format!("{e}")))?;
+            let mut used = supervisor::leased(tx, &subnet.subnet_id)?;
+            let mut made = Vec::new();
+            for _ in 0..req.count {
+                let ip = lease::allocate(&cidr, &used, wanted_ip).map_err(|e| match e {
+                    lease::LeaseError::InUse(_) => {
+                        ApiError::conflict("InvalidIPAddress.InUse", e.to_string())
+                    }
+                    lease::LeaseError::Exhausted(_) => {
+                        ApiError::conflict("InsufficientFreeAddressesInSubnet", e.to_string())
+                    }
+                    _ => ApiError::invalid(e.to_string()),
+                })?;
+                used.insert(ip);
+                let id = ids::new(Kind::Instance);
+                let inst = Instance {
+                    mac: mac_for(&id),
+                    tap: tap::name(&id),
+                    instance_id: id,
+                    image_id: req.image_id.clone(),
+                    instance_type: itype.name.into(),
+                    vcpus: itype.vcpus,
+                    memory_mib: itype.memory_mib,
+                    subnet_id: subnet.subnet_id.clone(),
+                    private_ip: Some(ip.to_string()),
+                    security_group_ids: req.security_group_ids.clone(),
+                    key_name: req.key_name.clone(),
+                    user_data: req.user_data.clone(),
+                    tags: req.tags.clone(),
+                    metadata_options: options,
+                    state: St::Pending,
+                    state_reason: None,
+                    generation: 1,
+                    launch_time: now_rfc3339(),
+                    client_token: req.client_token.clone(),
+                    process: None,
+                };
+                // Recorded before anything is made on the host: a crash
+                // from here on is settled when the agent starts again.
+                put(tx, &inst)?;
+                made.push(inst);
+            }
+            Ok(made)
+        })
+        .await?;
+    // The VMMs, one per instance; a failure terminates that instance
+    // with the reason (the others run).
+    let mut out = Vec::new();
+    for inst in instances {
+        if inst.process.is_some() || inst.state != St::Pending || inst.generation != 1 {
+            out.push(inst);
+            continue;
+        }
+        let sup = sup.clone();
+        let app3 = Arc::clone(&app2);
+        let inst = app2
+            .write(move |tx| {
+                let Some(mut inst) = tx.get::<Instance>(Table::Instances, &inst.instance_id)?
+                else {
+                    return Err(ApiError::not_found(
+                        "InvalidInstanceID.NotFound",
+                        "instance",
+                        &inst.instance_id,
+                    ));
+                };
+                let started = launch_inputs(tx, &inst).and_then(|inputs| {
+                    start_vmm(&sup, &inst, &inputs).map_err(|e| {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e)
+                    })
+                });
+                match started {
+                    Ok(pid) => {
+                        inst.process = Some(pid);
+                        inst.generation += 1;
+                        put(tx, &inst)?;
+                        watch(app3, inst.instance_id.clone(), pid);
+                    }
+                    Err(e) => {
+                        supervisor::release(&sup, &inst);
+                        inst.private_ip = None;
+                        inst.state = St::Terminated;
+                        inst.state_reason = Some(format!("Server.InternalError: {}", e.message));
+                        inst.generation += 1;
+                        put(tx, &inst)?;
+                    }
+                }
+                Ok(inst)
+            })
+            .await?;
+        out.push(inst);
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "instances": out }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    subnet_id: Option<String>,
+    /// `KEY=VALUE`.
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Query(f): Query<Filters>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(s) = &f.state {
+        if !St::ALL.iter().any(|st| st.name() == s) {
+            return Err(ApiError::invalid(format!(
+                "state `{s}` is not an instance state"
+            )));
+        }
+    }
+    let tag = match &f.tag {
+        Some(t) => Some(
+            t.split_once('=')
+                .ok_or_else(|| ApiError::invalid("tag filter is KEY=VALUE"))?,
+        ),
+        None => None,
+    };
+    let all: Vec<Instance> = app.read(|tx| Ok(tx.list(Table::Instances)?)).await?;
+    let out: Vec<&Instance> = all
+        .iter()
+        .filter(|i| f.state.as_deref().is_none_or(|s| i.state.name() == s))
+        .filter(|i| f.subnet_id.as_deref().is_none_or(|s| i.subnet_id == s))
+        .filter(|i| tag.is_none_or(|(k, v)| i.tags.get(k).is_some_and(|x| x == v)))
+        .collect();
+    Ok(Json(json!({ "instances": out })))
+}
+
+fn checked_id(id: &str) -> Result<(), ApiError> {
+    if ids::is_valid(Kind::Instance, id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidInstanceID.Malformed",
+            format!("`{id}` is not an instance id (i-…)"),
+        ))
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("InvalidInstanceID.NotFound", "instance", id)
+}
+
+pub async fn describe(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    checked_id(&id)?;
+    app.read(move |tx| {
+        tx.get(Table::Instances, &id)?
+            .map(Json)
+            .ok_or_else(|| not_found(&id))
+    })
+    .await
+}
+
+fn incorrect(inst: &Instance, action: &str) -> ApiError {
+    ApiError::conflict(
+        "IncorrectInstanceState",
+        format!(
+            "instance {} is {}; it cannot be {action}",
+            inst.instance_id,
+            inst.state.name()
+        ),
+    )
+}
+
+pub async fn stop(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    checked_id(&id)?;
+    let inst = app
+        .write(move |tx| {
+            let mut inst: Instance = tx
+                .get(Table::Instances, &id)?
+                .ok_or_else(|| not_found(&id))?;
+            if inst.state == St::Stopped || inst.state == St::Stopping {
+                return Ok(inst);
+            }
+            if inst.process.is_none() || inst.apply(Event::Stop, None).is_none() {
+                return Err(incorrect(&inst, "stopped"));
+            }
+            put(tx, &inst)?;
+            Ok(inst)
+        })
+        .await?;
+    if let (St::Stopping, Some(pid)) = (inst.state, inst.process) {
+        supervisor::shut_down(&app, &inst.instance_id, pid);
+    }
+    Ok(Json(inst))
+}
+
+pub async fn start(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    checked_id(&id)?;
+    let sup = app.supervisor.clone();
+    let app2 = Arc::clone(&app);
+    app.write(move |tx| {
+        let mut inst: Instance = tx
+            .get(Table::Instances, &id)?
+            .ok_or_else(|| not_found(&id))?;
+        if matches!(inst.state, St::Pending | St::Running) {
+            return Ok(Json(inst));
+        }
+        if inst.apply(Event::Start, None).is_none() {
+            return Err(incorrect(&inst, "started"));
+        }
+        let inputs = launch_inputs(tx, &inst)?;
+        let pid = start_vmm(&sup, &inst, &inputs)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
+        inst.process = Some(pid);
+        put(tx, &inst)?;
+        watch(app2, inst.instance_id.clone(), pid);
+        Ok(Json(inst))
+    })
+    .await
+}
+
+pub async fn reboot(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    checked_id(&id)?;
+    let inst: Instance = app
+        .read(move |tx| tx.get(Table::Instances, &id)?.ok_or_else(|| not_found(&id)))
+        .await?;
+    if inst.state != St::Running {
+        return Err(incorrect(&inst, "rebooted"));
+    }
+    // Ctrl-Alt-Del: the guest reboots cleanly; its VMM then exits with the
+    // reboot status and the supervisor starts a new one on the same disk.
+    let socket = app.supervisor.api_socket(&inst.instance_id);
+    let body = Some(r#"{"action_type": "SendCtrlAltDel"}"#.to_string());
+    match crate::vmm_client::call(&socket, "PUT", "/actions", body, Duration::from_secs(10)).await {
+        Ok((204, _)) => Ok(StatusCode::NO_CONTENT),
+        Ok((status, body)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            format!("the VMM answered {status}: {body}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "InternalError",
+            e.to_string(),
+        )),
+    }
+}
+
+pub async fn terminate(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    checked_id(&id)?;
+    let sup = app.supervisor.clone();
+    let (previous, inst) = app
+        .write(move |tx| {
+            let mut inst: Instance = tx
+                .get(Table::Instances, &id)?
+                .ok_or_else(|| not_found(&id))?;
+            let previous = inst.state;
+            if matches!(inst.state, St::Terminated | St::ShuttingDown) {
+                return Ok((previous, inst));
+            }
+            if inst.apply(Event::Terminate, None).is_none() {
+                return Err(incorrect(&inst, "terminated"));
+            }
+            if inst.process.is_none() {
+                // Nothing runs: release now.
+                supervisor::release(&sup, &inst);
+                inst.private_ip = None;
+                inst.apply(Event::Released, None);
+            }
+            put(tx, &inst)?;
+            Ok((previous, inst))
+        })
+        .await?;
+    if let (St::ShuttingDown, Some(pid)) = (inst.state, inst.process) {
+        supervisor::shut_down(&app, &inst.instance_id, pid);
+    }
+    Ok(Json(json!({
+        "instance_id": inst.instance_id,
+        "previous_state": {"code": previous.code(), "name": previous.name()},
+        "current_state": {"code": inst.state.code(), "name": inst.state.name()},
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    #[serde(default)]
+    bytes: Option<usize>,
+}
+
+pub async fn console(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<ConsoleQuery>,
+) -> Result<Json<Value>, ApiError> {
+    checked_id(&id)?;
+    let want = q.bytes.unwrap_or(64 * 1024).clamp(1, 1 << 20);
+    let id2 = id.clone();
+    let inst: Instance = app
+        .read(move |tx| {
+            tx.get(Table::Instances, &id2)?
+                .ok_or_else(|| not_found(&id2))
+        })
+        .await?;
+    // The console file the VMM writes; its last `want` bytes.
+    let text = match std::fs::read(app.supervisor.console_log(&inst.instance_id)) {
+        Ok(bytes) => {
+            String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(want)..]).into_owned()
+        }
+        Err(_) => String::new(),
+    };
+    Ok(Json(
+        json!({"instance_id": id, "timestamp": now_rfc3339(), "output": text}),
+    ))
+}

@@ -1,0 +1,499 @@
+//! Running instances: a VMM process per instance, started, watched and
+//! released here.
+//!
+//! Each instance has a directory in the state directory with its
+//! overlay disk (made by the VMM on first launch from the AMI), its
+//! security-group and metadata documents, its console and its VMM's log
+//! and API socket. A watcher task per running VMM waits on its pidfd and
+//! polls its API until the guest has booted; the exit decides the next
+//! state (power-off: stopped; reboot: a new VMM on the same disk; a stop
+//! or terminate the agent asked for: stopped or released; anything
+//! else: stopped with the reason). Every change goes through the store,
+//! generation bumped, before it is acted on or reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use stratus_devices::net::metadata::{MetadataDocument, NetworkInterface, PublicKey};
+
+use crate::api::App;
+use crate::error::ApiError;
+use crate::host::process::{self, Exit, ProcessId};
+use crate::host::tap;
+use crate::model::cidr::Cidr;
+use crate::model::image::Image;
+use crate::model::instance::{Event, Instance, State};
+use crate::model::key_pair::KeyPair;
+use crate::model::nic_rules;
+use crate::model::security_group::SecurityGroup;
+use crate::model::subnet::Subnet;
+use crate::store::{Table, Tx};
+
+/// The region and zone this host reports (`placement/…` in metadata).
+pub const REGION: &str = "stratus-1";
+pub const AVAILABILITY_ZONE: &str = "stratus-1a";
+/// The account id of the identity document.
+pub const ACCOUNT_ID: &str = "000000000000";
+/// How long a stop or terminate waits for the guest to power off after
+/// the ACPI power button before the VMM is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Where the VMM binary is and where instances live.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    pub vmm: PathBuf,
+    pub instances_dir: PathBuf,
+}
+
+impl Supervisor {
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.instances_dir.join(id)
+    }
+
+    pub fn api_socket(&self, id: &str) -> PathBuf {
+        self.dir(id).join("api.sock")
+    }
+
+    pub fn console_log(&self, id: &str) -> PathBuf {
+        self.dir(id).join("console.log")
+    }
+}
+
+/// Everything a launch reads from the store, read in one transaction.
+#[derive(Debug)]
+pub struct LaunchInputs {
+    image: Image,
+    subnet: Subnet,
+    groups: Vec<SecurityGroup>,
+    members: BTreeMap<String, Vec<Ipv4Addr>>,
+    key: Option<KeyPair>,
+}
+
+/// The private addresses of the live instances in each group.
+pub fn group_members(tx: &Tx<'_>) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, ApiError> {
+    let mut members: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let groups: Vec<SecurityGroup> = tx.list(Table::SecurityGroups)?;
+    for g in &groups {
+        members.entry(g.group_id.clone()).or_default();
+    }
+    let instances: Vec<Instance> = tx.list(Table::Instances)?;
+    for i in instances.iter().filter(|i| i.state != State::Terminated) {
+        let Some(ip) = i.private_ip.as_deref().and_then(|ip| ip.parse().ok()) else {
+            continue;
+        };
+        for g in &i.security_group_ids {
+            members.entry(g.clone()).or_default().push(ip);
+        }
+    }
+    Ok(members)
+}
+
+/// The instances that are not terminated.
+pub fn live_instances(tx: &Tx<'_>) -> Result<impl Iterator<Item = Instance>, ApiError> {
+    let all: Vec<Instance> = tx.list(Table::Instances)?;
+    Ok(all.into_iter().filter(|i| i.state != State::Terminated))
+}
+
+/// Addresses leased in `subnet_id`.
+pub fn leased(tx: &Tx<'_>, subnet_id: &str) -> Result<BTreeSet<Ipv4Addr>, ApiError> {
+    let instances: Vec<Instance> = tx.list(Table::Instances)?;
+    Ok(instances
+        .iter()
+        .filter(|i| i.subnet_id == subnet_id)
+        .filter_map(|i| i.private_ip.as_deref()?.parse().ok())
+        .collect())
+}
+
+pub fn launch_inputs(tx: &Tx<'_>, inst: &Instance) -> Result<LaunchInputs, ApiError> {
+    let missing = |what: &str, id: &str| {
+        ApiError::conflict(
+            "IncorrectState",
+            format!("the instance's {what} {id} is gone"),
+        )
+    };
+    let image: Image = tx
+        .get(Table::Images, &inst.image_id)?
+        .ok_or_else(|| missing("image", &inst.image_id))?;
+    let subnet: Subnet = tx
+        .get(Table::Subnets, &inst.subnet_id)?
+        .ok_or_else(|| missing("subnet", &inst.subnet_id))?;
+    let mut groups = Vec::new();
+    for g in &inst.security_group_ids {
+        groups.push(
+            tx.get(Table::SecurityGroups, g)?
+                .ok_or_else(|| missing("security group", g))?,
+        );
+    }
+    let key = match &inst.key_name {
+        Some(name) => match tx.id_by(Table::KeyPairs, "key_name", name)? {
+            Some(id) => tx.get(Table::KeyPairs, &id)?,
+            None => None,
+        },
+        None => None,
+    };
+    Ok(LaunchInputs {
+        image,
+        subnet,
+        groups,
+        members: group_members(tx)?,
+        key,
+    })
+}
+
+/// EC2's private DNS name for an address.
+fn private_hostname(ip: &str) -> String {
+    format!("ip-{}.{REGION}.compute.internal", ip.replace('.', "-"))
+}
+
+/// The VMM's `metadata=` file: the document and the options.
+fn metadata_file(inst: &Instance, inputs: &LaunchInputs) -> Result<String, String> {
+    let ip: Ipv4Addr = inst
+        .private_ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or("the instance has no address")?;
+    let mac = inst.mac.parse().map_err(|e| format!("mac: {e:?}"))?;
+    let hostname = private_hostname(&ip.to_string());
+    let doc = MetadataDocument {
+        instance_id: inst.instance_id.clone(),
+        ami_id: inst.image_id.clone(),
+        instance_type: inst.instance_type.clone(),
+        account_id: ACCOUNT_ID.into(),
+        architecture: "x86_64".into(),
+        region: REGION.into(),
+        availability_zone: AVAILABILITY_ZONE.into(),
+        local_ipv4: ip,
+        local_hostname: hostname.clone(),
+        hostname,
+        mac,
+        pending_time: inst.launch_time.clone(),
+        security_groups: inputs.groups.iter().map(|g| g.group_name.clone()).collect(),
+        public_keys: inputs
+            .key
+            .iter()
+            .map(|k| PublicKey {
+                name: k.key_name.clone(),
+                openssh_key: k.public_key.clone(),
+            })
+            .collect(),
+        interfaces: vec![NetworkInterface {
+            mac,
+            device_number: 0,
+            network_card: 0,
+            interface_id: format!("eni-{}", inst.instance_id.trim_start_matches("i-")),
+            local_ipv4s: vec![ip],
+            subnet_id: inst.subnet_id.clone(),
+            subnet_ipv4_cidr_block: inputs.subnet.cidr_block.clone(),
+            vpc_id: "vpc-00000000".into(),
+            security_group_ids: inst.security_group_ids.clone(),
+        }],
+        user_data: inst.user_data.clone(),
+        identity: Default::default(),
+    };
+    serde_json::to_string(&serde_json::json!({"document": doc, "options": inst.metadata_options}))
+        .map_err(|e| e.to_string())
+}
+
+/// Writes the instance's documents, makes its tap and starts its VMM.
+pub fn start_vmm(
+    sup: &Supervisor,
+    inst: &Instance,
+    inputs: &LaunchInputs,
+) -> Result<ProcessId, String> {
+    let dir = sup.dir(&inst.instance_id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let sg = nic_rules::document(&inputs.groups, &inputs.members)?;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+    };
+    write(
+        "sg.json",
+        serde_json::to_string(&sg).map_err(|e| e.to_string())?,
+    )?;
+    write("metadata.json", metadata_file(inst, inputs)?)?;
+    tap::create(&inst.tap, &inputs.subnet.bridge).map_err(|e| e.to_string())?;
+    let cidr: Cidr = inputs
+        .subnet
+        .cidr_block
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let ip = inst.private_ip.as_deref().unwrap_or_default();
+    let socket = sup.api_socket(&inst.instance_id);
+    // A socket left by a VMM that died would make the new one refuse to start.
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new(&sup.vmm);
+    cmd.arg("--ami")
+        .arg(&inputs.image.manifest_path)
+        .arg("--instance-disk")
+        .arg(dir.join("disk.qcow2"))
+        .args([
+            "--vcpus",
+            &inst.vcpus.to_string(),
+            "--memory",
+            &inst.memory_mib.to_string(),
+        ])
+        .arg("--serial")
+        .arg(format!(
+            "file:{}",
+            sup.console_log(&inst.instance_id).display()
+        ))
+        .arg("--api-sock")
+        .arg(&socket)
+        .args([
+            "--id",
+            &inst.instance_id,
+            "--instance-type",
+            &inst.instance_type,
+        ])
+        .arg("--net")
+        .arg(format!(
+            "tap={},mac={},ip={ip}/{},gw={},hostname={},sg={},metadata={}",
+            inst.tap,
+            inst.mac,
+            cidr.len,
+            inputs.subnet.gateway,
+            private_hostname(ip).split('.').next().unwrap_or_default(),
+            dir.join("sg.json").display(),
+            dir.join("metadata.json").display()
+        ));
+    process::spawn(cmd, &dir.join("vmm.log"))
+        .map_err(|e| format!("cannot start {}: {e}", sup.vmm.display()))
+}
+
+/// Removes what a terminated instance held on the host.
+pub fn release(sup: &Supervisor, inst: &Instance) {
+    if let Err(e) = tap::delete(&inst.tap) {
+        tracing::warn!(instance_id = %inst.instance_id, error = %e, "removing the tap");
+    }
+    let dir = sup.dir(&inst.instance_id);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(instance_id = %inst.instance_id, error = %e, "removing the instance directory");
+        }
+    }
+}
+
+/// Whether the VMM's guest has booted (its boot-complete signal).
+async fn booted(socket: &Path) -> bool {
+    match crate::vmm_client::call(socket, "GET", "/metrics", None, Duration::from_secs(5)).await {
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|v| v["boot_time_seconds"].is_number()),
+        _ => false,
+    }
+}
+
+/// Watches the VMM `pid` of instance `id` until it exits, marking the
+/// instance running once its guest has booted.
+pub fn watch(app: Arc<App>, id: String, pid: ProcessId) {
+    tokio::spawn(async move {
+        let Some(pidfd) = process::open(pid) else {
+            exited(&app, &id, pid, Exit::Unknown).await;
+            return;
+        };
+        let exit = process::exited(pidfd);
+        tokio::pin!(exit);
+        let socket = app.supervisor.api_socket(&id);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let status = loop {
+            tokio::select! {
+                status = &mut exit => break status,
+                _ = tick.tick() => {
+                    if booted(&socket).await {
+                        mark(&app, &id, pid, Event::Booted, None).await;
+                        break exit.await;
+                    }
+                }
+            }
+        };
+        exited(&app, &id, pid, status).await;
+    });
+}
+
+/// Applies `event` to instance `id` if its VMM is still `pid`.
+async fn mark(app: &Arc<App>, id: &str, pid: ProcessId, event: Event, reason: Option<String>) {
+    let id = id.to_string();
+    let r = app
+        .write(move |tx| {
+            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+                return Ok(());
+            };
+            if inst.process != Some(pid) {
+                return Ok(());
+            }
+            if let Some(to) = inst.apply(event, reason) {
+                tracing::info!(instance_id = %id, state = to.name(), "instance state");
+                put(tx, &inst)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e.message, "recording an instance state");
+    }
+}
+
+pub fn put(tx: &Tx<'_>, inst: &Instance) -> Result<(), ApiError> {
+    Ok(tx.put(
+        Table::Instances,
+        &inst.instance_id,
+        &[("client_token", inst.client_token.as_deref().unwrap_or(""))],
+        inst,
+    )?)
+}
+
+/// What to do after instance `id`'s VMM `pid` ended with `exit`.
+async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
+    let sup = app.supervisor.clone();
+    let id = id.to_string();
+    let app2 = Arc::clone(app);
+    let r = app
+        .write(move |tx| {
+            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+                return Ok(());
+            };
+            if inst.process != Some(pid) {
+                return Ok(());
+            }
+            inst.process = None;
+            let reason = match exit {
+                Exit::Code(0) => {
+                    "Client.InstanceInitiatedShutdown: Instance initiated shutdown".to_string()
+                }
+                Exit::Code(c) => format!("Server.InternalError: the VMM exited with status {c}"),
+                Exit::Signal(s) => {
+                    format!("Server.InternalError: the VMM was killed by signal {s}")
+                }
+                Exit::Unknown => {
+                    "Server.InternalError: the VMM ended while the agent was not watching".into()
+                }
+            };
+            match inst.state {
+                State::ShuttingDown => {
+                    release(&sup, &inst);
+                    inst.private_ip = None;
+                    inst.apply(Event::Released, None);
+                }
+                State::Stopping => {
+                    inst.apply(
+                        Event::Halted,
+                        Some("Client.UserInitiatedShutdown: User initiated shutdown".into()),
+                    );
+                }
+                State::Pending | State::Running if exit == Exit::Code(3) => {
+                    // The guest rebooted: a new VMM on the same disk, as
+                    // EC2 keeps a rebooted instance running.
+                    let inputs = launch_inputs(tx, &inst)?;
+                    match start_vmm(&sup, &inst, &inputs) {
+                        Ok(new) => {
+                            inst.process = Some(new);
+                            inst.generation += 1;
+                            put(tx, &inst)?;
+                            watch(Arc::clone(&app2), id.clone(), new);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            inst.apply(
+                                Event::Failed,
+                                Some(format!("Server.InternalError: restart after reboot: {e}")),
+                            );
+                        }
+                    }
+                }
+                State::Pending | State::Running => {
+                    let event = if exit == Exit::Code(0) {
+                        Event::Halted
+                    } else {
+                        Event::Failed
+                    };
+                    inst.apply(event, Some(reason));
+                }
+                State::Stopped | State::Terminated => {}
+            }
+            tracing::info!(instance_id = %id, state = inst.state.name(), ?exit, "VMM exited");
+            put(tx, &inst)
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e.message, "recording a VMM exit");
+    }
+}
+
+/// Asks the guest to power off (ACPI power button); kills the VMM if it
+/// has not exited after [`SHUTDOWN_GRACE`].
+pub fn shut_down(app: &Arc<App>, id: &str, pid: ProcessId) {
+    let socket = app.supervisor.api_socket(id);
+    tokio::spawn(async move {
+        let body = Some(r#"{"action_type": "Shutdown"}"#.to_string());
+        let _ = crate::vmm_client::call(&socket, "PUT", "/actions", body, Duration::from_secs(10))
+            .await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        // A no-op if it exited (its pidfd no longer opens).
+        process::signal(pid, libc::SIGKILL);
+    });
+}
+
+/// Decodes base64 user data as EC2 does (16 KiB at most, decoded).
+pub fn check_user_data(b64: &str) -> Result<(), String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "user_data is not base64".to_string())?;
+    if bytes.len() > 16 * 1024 {
+        return Err(format!(
+            "user_data is {} bytes decoded; the limit is 16384",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
+/// On agent start: watch every VMM that still runs, and settle what
+/// ended or was half done while the agent was away.
+pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
+    for inst in instances {
+        match (inst.state, inst.process) {
+            (State::Terminated | State::Stopped, None) => {}
+            (_, Some(pid)) => {
+                tracing::info!(instance_id = %inst.instance_id, pid = pid.pid, "re-adopting its VMM");
+                app.adopted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                watch(Arc::clone(app), inst.instance_id.clone(), pid);
+            }
+            // A launch or start that never got its VMM, or a terminate
+            // that did not end: finish it the safe way.
+            (_, None) => {
+                let app = Arc::clone(app);
+                let sup = app.supervisor.clone();
+                tokio::spawn(async move {
+                    let id = inst.instance_id.clone();
+                    let r = app
+                        .write(move |tx| {
+                            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else { return Ok(()) };
+                            // A pending instance whose VMM never made its disk
+                            // was being launched: undone. One with a disk was
+                            // being started again: stopped, its disk kept.
+                            let fresh = !sup.dir(&id).join("disk.qcow2").exists();
+                            if inst.state == State::ShuttingDown || (inst.state == State::Pending && fresh) {
+                                release(&sup, &inst);
+                                inst.private_ip = None;
+                                inst.state = State::Terminated;
+                                inst.state_reason = Some("Server.InternalError: the launch did not finish (agent restarted)".into());
+                            } else {
+                                inst.state = State::Stopped;
+                            }
+                            inst.generation += 1;
+                            put(tx, &inst)
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e.message, "settling an instance on start");
+                    }
+                });
+            }
+        }
+    }
+}
