@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::clock::Clock;
 use super::counters::{bump, Counters};
 use super::dhcp::{self, Answer, DhcpError, DhcpRequest, DhcpServer, Reply};
-use super::filter::{Firewall, FlowKey, Verdict};
+use super::filter::{Firewall, FlowKey, Verdict, SWEEP_BUDGET, SWEEP_INTERVAL_MS};
 use super::flow_log::{Action, FlowLog};
 use super::frame::{
     icmpv6_type, Arp, ArpKind, Ethernet, Ipv4, Ipv6, UdpHeader, ETHERTYPE_ARP, ETHERTYPE_IPV4,
@@ -28,11 +28,6 @@ use super::MacAddr;
 /// frame at the default MTU, without FCS).
 pub const MAX_LOCAL_FRAME: usize = 1514;
 
-/// How often idle connection-tracking entries are swept (lookups expire
-/// the ones they meet in between).
-const SWEEP_INTERVAL_MS: u64 = 1000;
-/// Entries looked at per sweep, so a sweep never stalls the datapath.
-const SWEEP_BUDGET: usize = 4096;
 /// How often the flow log is asked whether its interval ended.
 const FLOW_LOG_CHECK_MS: u64 = 1000;
 

@@ -10,7 +10,8 @@
 //! 1. The prefixes of the class (CIDRs and address-set entries) cut the
 //!    address space into sorted elementary ranges; each range maps to its
 //!    longest covering prefix (a laminar family: prefixes nest or are
-//!    disjoint), or to none.
+//!    disjoint), or to none. The ranges' starts are searched in
+//!    Eytzinger order (`eytzinger.rs`).
 //! 2. Each prefix has a port map: sorted elementary port intervals, each
 //!    with the rule that allows it, precomputed as the prefix's own rules
 //!    overlaid on its parent prefix's map. So the map of a prefix answers
@@ -30,6 +31,7 @@
 use std::collections::BTreeMap;
 
 use super::config::{Direction, Entry, Proto};
+use super::eytzinger::Predecessors;
 
 /// No rule.
 pub(super) const NO_RULE: u32 = u32::MAX;
@@ -185,10 +187,10 @@ type Intervals = Vec<(u16, u16, u32)>;
 /// The compiled rules of one direction, family and protocol class.
 #[derive(Debug, Clone)]
 struct Class<A> {
-    /// Elementary address ranges: `range_starts[i]..` belongs to prefix
-    /// `range_prefix[i]` (or none). `range_starts[0]` is address 0.
-    range_starts: Box<[A]>,
-    range_prefix: Box<[u32]>,
+    /// Elementary address ranges: from each start on, up to the next,
+    /// the addresses belong to the prefix it maps to (or none). The first
+    /// start is address 0.
+    ranges: Predecessors<A>,
     /// Per prefix: offset and length of its port map in the arenas.
     spans: Box<[(u32, u32)]>,
     port_starts: Box<[u16]>,
@@ -267,8 +269,7 @@ impl<A: Addr> Class<A> {
         }
         let zero_all_ports = zero.is_some_and(|z| maps[z as usize].covers_everything());
         Self {
-            range_starts: ranges.iter().map(|r| r.0).collect(),
-            range_prefix: ranges.iter().map(|r| r.1).collect(),
+            ranges: Predecessors::new(&ranges),
             spans: spans.into_boxed_slice(),
             port_starts: port_starts.into_boxed_slice(),
             port_rules: port_rules.into_boxed_slice(),
@@ -297,9 +298,8 @@ impl<A: Addr> Class<A> {
     /// The rule allowing `addr` and `port`, or [`NO_RULE`].
     #[inline]
     fn lookup(&self, addr: A, port: u16) -> u32 {
-        let i = self.range_starts.partition_point(|&s| s <= addr);
-        match self.range_prefix.get(i.wrapping_sub(1)) {
-            Some(&prefix) if prefix != NO_RULE => self.port_rule(prefix, port),
+        match self.ranges.get(addr) {
+            Some(prefix) if prefix != NO_RULE => self.port_rule(prefix, port),
             _ => NO_RULE,
         }
     }

@@ -3,17 +3,24 @@
 //!
 //! * One slot is six words: five of key, one of state (last packet time,
 //!   protocol state, flags). An all-zero slot is empty, so the table is
-//!   one zeroed allocation the kernel maps lazily.
+//!   one zeroed allocation the kernel maps lazily (in huge pages where
+//!   the kernel offers them: a random slot then costs no TLB miss).
+//! * Beside the slots, one 16-bit tag per slot: 0 when the slot is empty,
+//!   else bits of its key's hash (never 0). A lookup walks the tags and
+//!   reads a slot only where the tag matches, so a new flow, whose key is
+//!   in no slot, usually costs no access to the slots at all: the tags
+//!   (2 bytes per slot, 1 MiB for the default table) stay in the caches
+//!   where the slots (48 bytes each) cannot.
 //! * There are twice as many slots as `max_flows`, so probes stay short
 //!   (load ≤ ½). Beyond `max_flows` occupied slots a new flow is refused.
 //! * The hash is three folded 64×64→128 multiplies of the key words
 //!   xored with six per-table random seeds (drawn once from the std
 //!   `RandomState`), so a peer cannot aim its flows at one chain.
-//! * Expiry is lazy: a lookup treats an idle-too-long flow as absent, and
-//!   an insertion reuses the first expired slot on its probe path (valid
-//!   with linear probing: the slot is on the path of the new key too).
-//!   [`FlowTable::expire`] sweeps a few slots per call for the rest,
-//!   deleting by backward shift (no tombstones).
+//! * Expiry is lazy: a lookup treats an idle-too-long flow as absent (and
+//!   a flow of the same key takes its slot back). [`FlowTable::expire`]
+//!   sweeps a few slots per call, deleting by backward shift (no
+//!   tombstones); a new flow that finds the table full sweeps near its
+//!   home first ([`FlowTable::make_room`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -156,11 +163,20 @@ pub(super) enum Lookup {
 #[derive(Debug)]
 pub(super) struct FlowTable {
     slots: Vec<Slot>,
+    /// `tags[i]`: 0 if `slots[i]` is empty, else its key's tag.
+    tags: Vec<u16>,
     max_flows: usize,
     /// Occupied slots (live or expired, not yet reused or swept).
     count: usize,
     seeds: [u64; 6],
     cursor: usize,
+}
+
+/// The key in an occupied slot.
+fn slot_key(slot: &Slot) -> Key {
+    let mut key = [0; KEY_WORDS];
+    key.copy_from_slice(&slot[..KEY_WORDS]);
+    Key(key)
 }
 
 /// Whether `slot` holds `key` (word by word, no memcmp call).
@@ -172,6 +188,34 @@ fn same_key(slot: &Slot, key: &[u64; KEY_WORDS]) -> bool {
         | (slot[3] ^ key[3])
         | (slot[4] ^ key[4])
         == 0
+}
+
+/// Asks the kernel to back `slots` with transparent huge pages. A new
+/// flow's lookup lands on a random slot of a table far larger than the
+/// caches; with 4 KiB pages that costs a TLB miss (a page walk, itself
+/// missing the caches) on top of the data miss. Advisory: where THP is
+/// off, or the range is too small for a whole huge page, nothing changes.
+fn advise_huge_pages(slots: &[Slot]) {
+    const PAGE: usize = 4096;
+    let start = slots.as_ptr() as usize;
+    let end = start + std::mem::size_of_val(slots);
+    // madvise wants a page-aligned start; the allocator's header may sit
+    // before it, so round inward.
+    let aligned = start.next_multiple_of(PAGE);
+    if end <= aligned {
+        return;
+    }
+    // SAFETY: the range lies inside `slots`' own allocation, which stays
+    // alive for the call; MADV_HUGEPAGE only changes how the kernel backs
+    // those pages, never their contents, so no Rust reference is affected.
+    // A failure (THP compiled out: EINVAL) leaves ordinary pages.
+    let _ = unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            end - aligned,
+            libc::MADV_HUGEPAGE,
+        )
+    };
 }
 
 /// A folded multiply: the two halves of the 128-bit product, xored.
@@ -194,9 +238,12 @@ impl FlowTable {
 
     fn with_seeds(max_flows: usize, seeds: [u64; 6]) -> Self {
         let max_flows = max_flows.max(1);
+        // Zeroed arrays of integers come from a zeroed allocation.
+        let slots = vec![[0u64; KEY_WORDS + 1]; max_flows.saturating_mul(2)];
+        advise_huge_pages(&slots);
         Self {
-            // Zeroed arrays of integers come from a zeroed allocation.
-            slots: vec![[0u64; KEY_WORDS + 1]; max_flows.saturating_mul(2)],
+            tags: vec![0; slots.len()],
+            slots,
             max_flows,
             count: 0,
             seeds,
@@ -220,25 +267,25 @@ impl FlowTable {
             return;
         }
         let mut bigger = Self::with_seeds(max_flows, self.seeds);
-        for slot in &self.slots {
-            if slot[KEY_WORDS - 1] == 0 {
+        for (slot, &tag) in self.slots.iter().zip(&self.tags) {
+            if tag == 0 {
                 continue;
             }
-            let mut key = [0; KEY_WORDS];
-            key.copy_from_slice(&slot[..KEY_WORDS]);
-            let mut i = bigger.home(&Key(key));
-            while bigger.slots[i][KEY_WORDS - 1] != 0 {
+            let (mut i, tag) = bigger.home(&slot_key(slot));
+            while bigger.tags[i] != 0 {
                 i = bigger.next(i);
             }
             bigger.slots[i] = *slot;
+            bigger.tags[i] = tag;
             bigger.count += 1;
         }
         bigger.cursor = 0;
         *self = bigger;
     }
 
+    /// The key's home slot and its tag.
     #[inline(always)]
-    fn home(&self, key: &Key) -> usize {
+    fn home(&self, key: &Key) -> (usize, u16) {
         // Two independent folded multiplies of the keyed address words,
         // then one of both with the ports: a short dependency chain.
         let [k0, k1, k2, k3, k4] = key.0;
@@ -246,9 +293,12 @@ impl FlowTable {
         let x = fold_mul(k0 ^ s[0], k1 ^ s[1]);
         let y = fold_mul(k2 ^ s[2], k3 ^ s[3]);
         let h = fold_mul(x ^ k4 ^ s[4], y ^ s[5]);
-        // Multiply-shift onto 0..len (no power of two needed).
+        // Multiply-shift onto 0..len (no power of two needed): the home
+        // comes from the high bits of h, the tag from the low ones.
         let len = self.slots.len() as u128;
-        usize::try_from((u128::from(h) * len) >> 64).unwrap_or(0)
+        let home = usize::try_from((u128::from(h) * len) >> 64).unwrap_or(0);
+        let [.., hi, lo] = h.to_be_bytes();
+        (home, u16::from_be_bytes([hi, lo]).max(1))
     }
 
     #[inline]
@@ -263,46 +313,35 @@ impl FlowTable {
     /// Finds `key`'s live flow, or where a new one would go.
     #[inline(always)]
     pub(super) fn lookup(&self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> Lookup {
-        let mut i = self.home(key);
-        let mut expired_slot = None;
+        let (mut i, tag) = self.home(key);
         for _ in 0..self.slots.len() {
-            let slot = &self.slots[i];
-            if slot[KEY_WORDS - 1] == 0 {
-                return match expired_slot {
-                    Some(e) => Lookup::Absent {
-                        slot: Some(e),
-                        evicts: true,
-                    },
-                    None if self.count < self.max_flows => Lookup::Absent {
-                        slot: Some(i),
-                        evicts: false,
-                    },
-                    None => Lookup::Absent {
-                        slot: None,
-                        evicts: false,
-                    },
+            let t = self.tags[i];
+            if t == 0 {
+                return Lookup::Absent {
+                    slot: (self.count < self.max_flows).then_some(i),
+                    evicts: false,
                 };
             }
-            let expired = Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts);
-            if same_key(slot, &key.0) {
-                return if expired {
-                    Lookup::Absent {
-                        slot: Some(i),
-                        evicts: true,
-                    }
-                } else {
-                    Lookup::Live(i)
-                };
-            }
-            if expired && expired_slot.is_none() {
-                expired_slot = Some(i);
+            if t == tag {
+                let slot = &self.slots[i];
+                if same_key(slot, &key.0) {
+                    return if Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts) {
+                        // The same key's old flow: its slot is reused.
+                        Lookup::Absent {
+                            slot: Some(i),
+                            evicts: true,
+                        }
+                    } else {
+                        Lookup::Live(i)
+                    };
+                }
             }
             i = self.next(i);
         }
         // Every slot occupied: only possible with max_flows reached.
         Lookup::Absent {
-            slot: expired_slot,
-            evicts: expired_slot.is_some(),
+            slot: None,
+            evicts: false,
         }
     }
 
@@ -321,6 +360,7 @@ impl FlowTable {
     /// Puts a flow in slot `i` from [`Lookup::Absent`]; `evicts` as it
     /// said.
     pub(super) fn insert(&mut self, i: usize, evicts: bool, key: &Key, flow: Flow) {
+        self.tags[i] = self.home(key).1;
         let slot = &mut self.slots[i];
         slot[..KEY_WORDS].copy_from_slice(&key.0);
         slot[KEY_WORDS] = flow.word();
@@ -332,15 +372,14 @@ impl FlowTable {
     /// Empties slot `i`, shifting later members of its chain back.
     fn remove(&mut self, mut i: usize) {
         self.slots[i] = [0; KEY_WORDS + 1];
+        self.tags[i] = 0;
         self.count -= 1;
         let mut j = self.next(i);
         loop {
-            if self.slots[j][KEY_WORDS - 1] == 0 {
+            if self.tags[j] == 0 {
                 return;
             }
-            let mut key = [0; KEY_WORDS];
-            key.copy_from_slice(&self.slots[j][..KEY_WORDS]);
-            let home = self.home(&Key(key));
+            let (home, _) = self.home(&slot_key(&self.slots[j]));
             // The entry at j may move to the hole at i unless its home
             // lies cyclically in (i, j].
             let stays = if i <= j {
@@ -350,7 +389,9 @@ impl FlowTable {
             };
             if !stays {
                 self.slots[i] = self.slots[j];
+                self.tags[i] = self.tags[j];
                 self.slots[j] = [0; KEY_WORDS + 1];
+                self.tags[j] = 0;
                 i = j;
             }
             j = self.next(j);
@@ -369,9 +410,8 @@ impl FlowTable {
         let mut removed = 0;
         let mut looked = 0;
         while looked < budget.min(self.slots.len()) {
-            let slot = self.slots[i];
-            if slot[KEY_WORDS - 1] != 0
-                && Flow::from_word(slot[KEY_WORDS]).expired(now_ms, timeouts)
+            if self.tags[i] != 0
+                && Flow::from_word(self.slots[i][KEY_WORDS]).expired(now_ms, timeouts)
             {
                 // Slot i may now hold a flow shifted back: look again.
                 // (Each removal empties a slot, so this ends.)
@@ -399,7 +439,7 @@ impl FlowTable {
     /// incremental sweep, so a full table of idle flows does not refuse it
     /// for want of a sweep. Returns how many it removed.
     pub(super) fn make_room(&mut self, key: &Key, now_ms: u64, timeouts: &Timeouts) -> usize {
-        let home = self.home(key);
+        let (home, _) = self.home(key);
         match self.sweep(home, LOCAL_SWEEP, now_ms, timeouts).0 {
             // New flows fill the expired slots near where they land, so a
             // neighbourhood can run out while the table has plenty: then
@@ -414,12 +454,9 @@ impl FlowTable {
     pub(super) fn occupied(&self) -> impl Iterator<Item = (Key, Flow)> + '_ {
         self.slots
             .iter()
-            .filter(|s| s[KEY_WORDS - 1] != 0)
-            .map(|s| {
-                let mut key = [0; KEY_WORDS];
-                key.copy_from_slice(&s[..KEY_WORDS]);
-                (Key(key), Flow::from_word(s[KEY_WORDS]))
-            })
+            .zip(&self.tags)
+            .filter(|(_, &tag)| tag != 0)
+            .map(|(s, _)| (slot_key(s), Flow::from_word(s[KEY_WORDS])))
     }
 }
 
@@ -438,6 +475,17 @@ mod tests {
             last_ms,
             state: State::UdpOneWay,
             flags: 0,
+        }
+    }
+
+    /// Every tag says what its slot holds: 0 for empty, else its key's.
+    fn assert_tags_match(t: &FlowTable) {
+        for (i, (slot, &tag)) in t.slots.iter().zip(&t.tags).enumerate() {
+            if slot[KEY_WORDS - 1] == 0 {
+                assert_eq!(tag, 0, "slot {i} is empty");
+            } else {
+                assert_eq!(tag, t.home(&slot_key(slot)).1, "slot {i}");
+            }
         }
     }
 
@@ -468,9 +516,8 @@ mod tests {
         for n in 0..100 {
             assert!(matches!(t.lookup(&key(n), 999, &TIMEOUTS), Lookup::Live(_)));
         }
-        // Once all expired, new flows go where the old ones were: those
-        // met on the probe path are replaced, and when none is, the slots
-        // after the new flow's home are swept.
+        // Once all expired, new flows go where the old ones were: the
+        // full table sweeps the slots after the new flow's home.
         assert!(matches!(
             t.lookup(&key(0), 1000, &TIMEOUTS),
             Lookup::Absent { .. }
@@ -486,6 +533,7 @@ mod tests {
         assert!(added > 90, "{added}");
         t.expire(1000, usize::MAX, &TIMEOUTS);
         assert_eq!(t.len(), added);
+        assert_tags_match(&t);
     }
 
     #[test]
@@ -504,6 +552,7 @@ mod tests {
             assert_eq!(live, n % 2 == 1, "{n}");
         }
         assert_eq!(t.occupied().count(), 32);
+        assert_tags_match(&t);
     }
 
     #[test]
@@ -520,5 +569,6 @@ mod tests {
         }
         assert!(add(&mut t, &key(9), 0));
         assert_eq!(t.len(), 5);
+        assert_tags_match(&t);
     }
 }
