@@ -25,9 +25,13 @@
 //! handled by the guest's systemd-logind), `c2` gets `SendCtrlAltDel`
 //! (systemd reboots). Then two instances, D and E, boot side by side from
 //! fresh overlays on one bridge with cloud-init, DHCP, metadata and
-//! security groups from their VMMs (`ami/cloud.rs`). Then every overlay
-//! goes through `qemu-img check` and the base through `sha256sum`.
+//! security groups from their VMMs (`ami/cloud.rs`), and `stratus-agent`
+//! runs, restarts, stops, starts and terminates two more (`ami/agent.rs`).
+//! Then every overlay goes through `qemu-img check` and the base through
+//! `sha256sum`.
 
+#[path = "ami/agent.rs"]
+mod agent;
 #[path = "ami/cloud.rs"]
 mod cloud;
 mod common;
@@ -118,8 +122,10 @@ fn outcome() -> Option<&'static Outcome> {
         let ami = ami();
         base_sha256();
         let vmm = workspace::stratus_vmm()?;
+        let agent = workspace::stratus_agent()?;
         let mut host = common::host("ami");
         host.binary("stratus-vmm", &vmm)
+            .binary("stratus-agent", &agent)
             .binary("qemu-img", &stratus_tests::vhost::which("qemu-img")?)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
             .binary(host_net::IPROUTE2, &stratus_tests::vhost::which("ip")?)
@@ -203,6 +209,9 @@ fn outcome() -> Option<&'static Outcome> {
                 &format!("file:{log}"),
                 "--api-sock",
                 &sock,
+                // No NIC here: cloud-init would wait minutes for metadata.
+                "--cmdline",
+                "console=ttyS0 reboot=k panic=1 cloud-init=disabled",
             ]
             .map(str::to_owned)
             .to_vec();
@@ -213,6 +222,7 @@ fn outcome() -> Option<&'static Outcome> {
             );
         }
         cloud::add_cases(&mut script, BASE, &ami.kernel_cmdline);
+        agent::add_cases(&mut script, MANIFEST);
 
         for (name, overlay) in [
             ("check_a", OVERLAY_A),
@@ -224,7 +234,7 @@ fn outcome() -> Option<&'static Outcome> {
         script.case("base_sha256", 300, &["sha256sum", BASE]);
         host.scenario(script.text());
         host.timeout(Duration::from_secs(
-            7 * BOOT_TIMEOUT_SECS + 480 + cloud::TIMEOUT_SECS + 1200,
+            7 * BOOT_TIMEOUT_SECS + 480 + cloud::TIMEOUT_SECS + agent::TIMEOUT_SECS + 1200,
         ));
         Ok(host)
     })

@@ -1,0 +1,363 @@
+//! `stratus-agent` running instances of the Debian AMI, in the `ami` test
+//! binary's shared virtual-host run, driven over its HTTP API with curl
+//! as an operator would:
+//!
+//! register the AMI, create a subnet (a bridge), a security group that
+//! admits its own members and a key pair, run two instances; both reach
+//! `running` (their guests booted) with addresses from the subnet, and
+//! each VMM's security-group document holds both members' addresses.
+//! Then `kill -9` of the agent and a new agent on the same state: both
+//! instances still running, re-adopted, same ids and addresses. `kill -9`
+//! of one VMM: within 5 s the instance is `stopped` with the reason.
+//! Start it again; stop the other (ACPI power button, the guest shuts
+//! down); terminate both: taps and instance directories are gone.
+//!
+//! The script prints one `AGENT <step> …` line per step; the checks
+//! below read them.
+
+use serde_json::Value;
+use stratus_tests::case::CaseResult;
+use stratus_tests::host_net::IPROUTE2;
+use stratus_tests::script::Script;
+
+use super::case;
+
+/// Time for the whole scenario if it hits its limit.
+pub const TIMEOUT_SECS: u64 = 1800;
+
+const SUBNET: &str = "10.0.97.0/24";
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFwlhAA8saHVdGDKBoO+KQJmmon0ImaFHquYdP5lxGNW stratus-test-key";
+
+/// Adds the scenario; `manifest` is an AMI bundle's manifest in the host.
+pub fn add_cases(script: &mut Script, manifest: &str) {
+    let text = format!(
+        r#"mkdir -p /tmp/agent-bin && ln -sf "$(command -v {IPROUTE2})" /tmp/agent-bin/ip
+export PATH=/tmp/agent-bin:$PATH
+# The agent listens on loopback, which the virtual host's init leaves down.
+ip link set lo up
+A=http://127.0.0.1:8470
+rm -rf /tmp/agent-state; mkdir -p /tmp/agent-state
+start_agent() {{
+    stratus-agent --state-dir /tmp/agent-state --listen 127.0.0.1:8470 --vmm "$(command -v stratus-vmm)" \
+        >>/tmp/agent.out 2>>/tmp/agent.err &
+    AGENT_PID=$!
+    waited=0
+    while ! curl -s -o /dev/null "$A/v1/health"; do
+        sleep 1; waited=$((waited + 1))
+        [ "$waited" -lt 60 ] || {{ echo "AGENT start timeout"; sed 's/^/AGENT-ERR /' /tmp/agent.err; return 1; }}
+    done
+    echo "AGENT started pid=$AGENT_PID"
+}}
+# api METHOD PATH [BODY]: prints the body, then " status=CODE" on the same line.
+api() {{
+    curl -s -S --max-time 60 -H "Authorization: Bearer $(cat /tmp/agent-state/api-token)" \
+        -H 'Content-Type: application/json' -X "$1" -w ' status=%{{http_code}}' \
+        --data-binary "${{3:-}}" "$A$2"
+    echo
+}}
+# field JSON KEY: the first "KEY": "value" in JSON.
+field() {{ printf '%s' "$1" | sed -n "s/.*\"$2\": *\"\([^\"]*\)\".*/\1/p" | head -n1; }}
+# state ID: the instance's state.
+state() {{ field "$(api GET /v1/instances/$1)" state; }}
+# wait_state ID STATE LIMIT
+wait_state() {{
+    waited=0
+    while now=$(state $1) && [ "$now" != "$2" ]; do
+        case "$now" in
+            stopped|terminated)
+                echo "AGENT wait $1 $2 failed now=$now $(api GET /v1/instances/$1)"
+                sed "s/^/AGENT-VMM-LOG $1 /" /tmp/agent-state/instances/$1/vmm.log 2>/dev/null | tail -n 20
+                return 1 ;;
+        esac
+        sleep 2; waited=$((waited + 2))
+        [ "$waited" -lt "$3" ] || {{ echo "AGENT wait $1 $2 timeout now=$now"; tail -c 2000 /tmp/agent-state/instances/$1/console.log | sed "s/^/AGENT-CONSOLE $1 /"; return 1; }}
+    done
+    echo "AGENT wait $1 $2 ok after=$waited"
+}}
+start_agent
+IMG=$(field "$(api POST /v1/images '{{"manifest_path": "{manifest}"}}')" image_id)
+SUB=$(field "$(api POST /v1/subnets '{{"cidr_block": "{SUBNET}"}}')" subnet_id)
+SG=$(field "$(api POST /v1/security-groups '{{"group_name": "web", "description": "web tier"}}')" group_id)
+api POST /v1/security-groups/$SG/authorize-ingress "{{\"ip_permissions\": [{{\"ip_protocol\": \"tcp\", \"from_port\": 8080, \"to_port\": 8080, \"user_id_group_pairs\": [{{\"group_id\": \"$SG\"}}]}}]}}" >/dev/null
+api POST /v1/key-pairs '{{"key_name": "ops", "public_key_material": "{KEY}"}}' >/dev/null
+echo "AGENT setup image=$IMG subnet=$SUB group=$SG"
+RUN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t3.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"count\": 2, \"client_token\": \"e2e-1\"}}")
+echo "AGENT run $RUN"
+I1=$(printf '%s' "$RUN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed -n '1s/.*"\(i-[0-9a-f]*\)"/\1/p')
+I2=$(printf '%s' "$RUN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed -n '2s/.*"\(i-[0-9a-f]*\)"/\1/p')
+echo "AGENT ids $I1 $I2"
+AGAIN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t3.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"count\": 2, \"client_token\": \"e2e-1\"}}")
+echo "AGENT idempotent $(printf '%s' "$AGAIN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed 's/.*"\(i-[0-9a-f]*\)"/\1/' | sort -u | tr '\n' ' ')"
+wait_state $I1 running 600
+wait_state $I2 running 600
+for i in $I1 $I2; do
+    echo "AGENT describe $(api GET /v1/instances/$i)"
+    echo "AGENT sg $i $(cat /tmp/agent-state/instances/$i/sg.json)"
+done
+echo "AGENT console $I1 $(api GET "/v1/instances/$I1/console?bytes=100000" | grep -o 'STRATUS-AMI-BOOTED[^\\]*' | head -n1)"
+# kill -9 of the agent, then a new one on the same state.
+kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
+start_agent
+echo "AGENT after-restart $I1=$(state $I1) $I2=$(state $I2)"
+echo "AGENT adopted $(curl -s $A/metrics | grep '^stratus_agent_vmms_adopted_total')"
+for i in $I1 $I2; do echo "AGENT describe-after $(api GET /v1/instances/$i)"; done
+# kill -9 of one VMM.
+P1=$(api GET /v1/instances/$I1 | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+kill -9 "$P1"
+t0=$(date +%s)
+while [ "$(state $I1)" != stopped ] && [ $(($(date +%s) - t0)) -lt 30 ]; do sleep 0.5; done
+echo "AGENT vmm-killed after=$(($(date +%s) - t0)) $(api GET /v1/instances/$I1)"
+echo "AGENT start $(api POST /v1/instances/$I1/start)"
+wait_state $I1 running 600
+echo "AGENT stop $(api POST /v1/instances/$I2/stop)"
+wait_state $I2 stopped 300
+echo "AGENT describe-stopped $(api GET /v1/instances/$I2)"
+echo "AGENT bad-start-running $(api POST /v1/instances/$I1/start)"
+echo "AGENT bad-stop-stopped $(api POST /v1/instances/$I2/stop)"
+echo "AGENT bad-run $(api POST /v1/instances '{{"image_id": "ami-00000000000000000", "instance_type": "t3.nano", "subnet_id": "'$SUB'", "security_group_ids": ["'$SG'"]}}')"
+echo "AGENT bad-type $(api POST /v1/instances '{{"image_id": "'$IMG'", "instance_type": "z9.huge", "subnet_id": "'$SUB'", "security_group_ids": ["'$SG'"]}}')"
+echo "AGENT subnet-in-use $(api DELETE /v1/subnets/$SUB)"
+for i in $I1 $I2; do echo "AGENT terminate $(api POST /v1/instances/$i/terminate)"; done
+wait_state $I1 terminated 300
+wait_state $I2 terminated 300
+for i in $I1 $I2; do
+    tap=$(field "$(api GET /v1/instances/$i)" tap)
+    if ip link show dev "$tap" >/dev/null 2>&1; then echo "AGENT leftover tap $tap"; else echo "AGENT tap-gone $tap"; fi
+    if [ -e /tmp/agent-state/instances/$i ]; then echo "AGENT leftover dir $i"; else echo "AGENT dir-gone $i"; fi
+    echo "AGENT describe-terminated $(api GET /v1/instances/$i)"
+done
+echo "AGENT subnet-delete $(api DELETE /v1/subnets/$SUB)"
+kill -TERM $AGENT_PID; wait $AGENT_PID; echo "AGENT sigterm-exit status=$?"
+sed 's/^/AGENT-ERR /' /tmp/agent.err | tail -n 80
+"#
+    );
+    script.line("cat > /tmp/agent-e2e.sh <<'STRATUS-EOF'");
+    script.line(text.trim_end());
+    script.line("STRATUS-EOF");
+    script.case("agent", TIMEOUT_SECS, &["sh", "/tmp/agent-e2e.sh"]);
+}
+
+fn agent_case() -> Option<CaseResult> {
+    case("agent")
+}
+
+/// The text after `AGENT <step> ` on the first such line.
+fn step<'a>(c: &'a CaseResult, name: &str) -> &'a str {
+    let prefix = format!("AGENT {name} ");
+    c.stdout
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no `AGENT {name}` line\n{}", c.describe()))
+}
+
+/// Every line of a step (several instances).
+fn steps<'a>(c: &'a CaseResult, name: &str) -> Vec<&'a str> {
+    let prefix = format!("AGENT {name} ");
+    c.stdout
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect()
+}
+
+/// The JSON body of an `api` line (before ` status=`), and the status.
+fn body(line: &str) -> (Value, u16) {
+    let (json, status) = line.rsplit_once(" status=").unwrap_or((line, "0"));
+    (
+        serde_json::from_str(json).unwrap_or(Value::Null),
+        status.trim().parse().unwrap_or(0),
+    )
+}
+
+fn ids(c: &CaseResult) -> (String, String) {
+    let line = step(c, "ids");
+    let mut it = line.split_whitespace();
+    let (a, b) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+    assert!(
+        a.starts_with("i-") && b.starts_with("i-") && a != b,
+        "{line}\n{}",
+        c.describe()
+    );
+    (a.to_string(), b.to_string())
+}
+
+#[test]
+fn agent_runs_two_instances_to_running_with_subnet_addresses() {
+    let Some(c) = agent_case() else { return };
+    let (i1, i2) = ids(&c);
+    for i in [&i1, &i2] {
+        assert!(
+            c.stdout
+                .iter()
+                .any(|l| l.starts_with(&format!("AGENT wait {i} running ok"))),
+            "{i} never ran\n{}",
+            c.describe()
+        );
+    }
+    let described = steps(&c, "describe");
+    assert_eq!(described.len(), 2, "{}", c.describe());
+    let mut ips = Vec::new();
+    for line in described {
+        let (v, status) = body(line);
+        assert_eq!(status, 200, "{line}");
+        assert_eq!(v["state"], "running", "{line}");
+        let ip = v["private_ip"].as_str().unwrap_or_default().to_string();
+        assert!(ip.starts_with("10.0.97."), "{line}");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    // Same client token: the same two instances, nothing new.
+    let again = step(&c, "idempotent");
+    let mut got: Vec<&str> = again.split_whitespace().collect();
+    got.sort_unstable();
+    let mut want = vec![i1.as_str(), i2.as_str()];
+    want.sort_unstable();
+    assert_eq!(got, want, "{}", c.describe());
+    assert!(
+        step(&c, "console").contains("STRATUS-AMI-BOOTED"),
+        "{}",
+        c.describe()
+    );
+}
+
+#[test]
+fn group_references_resolve_to_the_members_addresses() {
+    let Some(c) = agent_case() else { return };
+    let ips: Vec<String> = steps(&c, "describe")
+        .iter()
+        .map(|l| {
+            body(l).0["private_ip"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for line in steps(&c, "sg") {
+        let json = line.split_once(' ').map_or("", |(_, j)| j);
+        let doc: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+        let sets = doc["address_sets"].as_object().cloned().unwrap_or_default();
+        let members: Vec<String> = sets
+            .values()
+            .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        for ip in &ips {
+            assert!(members.contains(ip), "{ip} not in {json}\n{}", c.describe());
+        }
+    }
+}
+
+#[test]
+fn agent_restart_re_adopts_running_vmms() {
+    let Some(c) = agent_case() else { return };
+    let (i1, i2) = ids(&c);
+    assert_eq!(
+        step(&c, "after-restart"),
+        format!("{i1}=running {i2}=running"),
+        "{}",
+        c.describe()
+    );
+    assert!(step(&c, "adopted").ends_with(" 2"), "{}", c.describe());
+    let before: Vec<Value> = steps(&c, "describe").iter().map(|l| body(l).0).collect();
+    let after: Vec<Value> = steps(&c, "describe-after")
+        .iter()
+        .map(|l| body(l).0)
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        for key in ["instance_id", "private_ip", "mac", "process"] {
+            assert_eq!(
+                b[key],
+                a[key],
+                "{key} changed over the restart\n{}",
+                c.describe()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_vmm_is_noticed_within_5_s_and_the_instance_starts_again() {
+    let Some(c) = agent_case() else { return };
+    let line = step(&c, "vmm-killed");
+    let secs: u64 = line
+        .strip_prefix("after=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(secs <= 5, "noticed after {secs} s\n{}", c.describe());
+    let json = line.split_once(' ').map_or("", |(_, j)| j);
+    let (v, _) = body(json);
+    assert_eq!(v["state"], "stopped", "{line}");
+    assert!(
+        v["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Server.InternalError")),
+        "{line}"
+    );
+    let (i1, _) = ids(&c);
+    assert!(
+        c.stdout
+            .iter()
+            .filter(|l| l.starts_with(&format!("AGENT wait {i1} running ok")))
+            .count()
+            >= 2,
+        "{i1} did not run again after start\n{}",
+        c.describe()
+    );
+}
+
+#[test]
+fn stop_powers_the_guest_off_and_keeps_the_address() {
+    let Some(c) = agent_case() else { return };
+    let (_, i2) = ids(&c);
+    assert!(
+        c.stdout
+            .iter()
+            .any(|l| l.starts_with(&format!("AGENT wait {i2} stopped ok"))),
+        "{}",
+        c.describe()
+    );
+    let (v, _) = body(step(&c, "describe-stopped"));
+    assert_eq!(v["state"], "stopped");
+    assert!(
+        v["private_ip"].as_str().is_some(),
+        "the stopped instance lost its address"
+    );
+    assert!(
+        v["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Client.UserInitiatedShutdown")),
+        "{v}"
+    );
+}
+
+#[test]
+fn wrong_state_and_bad_input_get_4xx() {
+    let Some(c) = agent_case() else { return };
+    for (name, status, code) in [
+        ("bad-start-running", 200, ""),
+        ("bad-stop-stopped", 200, ""),
+        ("bad-run", 404, "InvalidAMIID.NotFound"),
+        ("bad-type", 400, "InvalidParameterValue"),
+    ] {
+        let (v, got) = body(step(&c, name));
+        assert_eq!(got, status, "{name}: {v}");
+        if !code.is_empty() {
+            assert_eq!(v["error"]["code"], code, "{name}: {v}");
+        }
+    }
+}
+
+#[test]
+fn terminate_releases_tap_disk_and_address() {
+    let Some(c) = agent_case() else { return };
+    assert_eq!(steps(&c, "tap-gone").len(), 2, "{}", c.describe());
+    assert_eq!(steps(&c, "dir-gone").len(), 2, "{}", c.describe());
+    for line in steps(&c, "describe-terminated") {
+        let (v, _) = body(line);
+        assert_eq!(v["state"], "terminated", "{line}");
+        assert!(v["private_ip"].is_null(), "{line}");
+    }
+    let (_, status) = body(step(&c, "subnet-delete"));
+    assert_eq!(status, 204, "{}", c.describe());
+    assert_eq!(step(&c, "sigterm-exit"), "status=0", "{}", c.describe());
+}
