@@ -79,6 +79,8 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
             instances_dir: config.state_dir.join("instances"),
         },
         adopted: std::sync::atomic::AtomicU64::new(0),
+        rule_pushes: std::sync::atomic::AtomicU64::new(0),
+        impaired_since: Mutex::new(Default::default()),
     });
     supervisor::adopt(&app, instances);
     tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");

@@ -314,17 +314,22 @@ pub fn watch(app: Arc<App>, id: String, pid: ProcessId) {
     });
 }
 
+/// Instance `id`, if its VMM is still `pid` (else a newer VMM, or none,
+/// has taken over and this news is stale).
+fn with_vmm(tx: &Tx<'_>, id: &str, pid: ProcessId) -> Result<Option<Instance>, ApiError> {
+    Ok(tx
+        .get::<Instance>(Table::Instances, id)?
+        .filter(|inst| inst.process == Some(pid)))
+}
+
 /// Applies `event` to instance `id` if its VMM is still `pid`.
 async fn mark(app: &Arc<App>, id: &str, pid: ProcessId, event: Event, reason: Option<String>) {
     let id = id.to_string();
     let r = app
         .write(move |tx| {
-            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+            let Some(mut inst) = with_vmm(tx, &id, pid)? else {
                 return Ok(());
             };
-            if inst.process != Some(pid) {
-                return Ok(());
-            }
             if let Some(to) = inst.apply(event, reason) {
                 tracing::info!(instance_id = %id, state = to.name(), "instance state");
                 put(tx, &inst)?;
@@ -353,12 +358,9 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
     let app2 = Arc::clone(app);
     let r = app
         .write(move |tx| {
-            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+            let Some(mut inst) = with_vmm(tx, &id, pid)? else {
                 return Ok(());
             };
-            if inst.process != Some(pid) {
-                return Ok(());
-            }
             inst.process = None;
             let reason = match exit {
                 Exit::Code(0) => {
@@ -377,6 +379,9 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
                     release(&sup, &inst);
                     inst.private_ip = None;
                     inst.apply(Event::Released, None);
+                    // A member left its groups.
+                    let app = Arc::clone(&app2);
+                    tokio::spawn(async move { push_rules(&app).await });
                 }
                 State::Stopping => {
                     inst.apply(
@@ -494,6 +499,94 @@ pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
                     }
                 });
             }
+        }
+    }
+}
+
+/// The NIC id the VMM gives an instance's only NIC.
+const NIC_ID: &str = "net0";
+
+/// Hands every live VMM its security-group document again where it
+/// changed: after a rule changed, or a group's members did (an instance
+/// launched into it or left it). The document is rewritten in the
+/// instance's directory first (a VMM started later reads it), then `PUT`
+/// to the VMM, which swaps its rules without touching the guest.
+pub async fn push_rules(app: &Arc<App>) {
+    let sup = app.supervisor.clone();
+    // (instance id, document) for every instance with a VMM whose
+    // document changed.
+    let changed = app
+        .read(move |tx| {
+            let mut out = Vec::new();
+            let instances: Vec<Instance> = tx.list(Table::Instances)?;
+            for inst in instances.iter().filter(|i| i.process.is_some()) {
+                let inputs = launch_inputs(tx, inst)?;
+                let doc = nic_rules::document(&inputs.groups, &inputs.members).map_err(|e| {
+                    ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        e,
+                    )
+                })?;
+                let text = serde_json::to_string(&doc).map_err(|e| {
+                    ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        e.to_string(),
+                    )
+                })?;
+                let path = sup.dir(&inst.instance_id).join("sg.json");
+                if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                    std::fs::write(&path, &text).map_err(|e| {
+                        ApiError::new(
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            e.to_string(),
+                        )
+                    })?;
+                    out.push((inst.instance_id.clone(), text));
+                }
+            }
+            Ok(out)
+        })
+        .await;
+    let changed = match changed {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e.message, "recomputing security groups");
+            return;
+        }
+    };
+    for (id, text) in changed {
+        let socket = app.supervisor.api_socket(&id);
+        let path = format!("/network-interfaces/{NIC_ID}/security-groups");
+        // A VMM still starting may not answer yet: a few tries.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match crate::vmm_client::call(
+                &socket,
+                "PUT",
+                &path,
+                Some(text.clone()),
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok((204, _)) => {
+                    last.clear();
+                    break;
+                }
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if last.is_empty() {
+            app.rule_pushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(instance_id = %id, "security groups pushed to the VMM");
+        } else {
+            tracing::warn!(instance_id = %id, error = %last, "could not push security groups to the VMM");
         }
     }
 }

@@ -10,22 +10,19 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{lock, App};
+use std::time::Duration;
+
+use super::{lock, now_rfc3339, App};
 use crate::error::ApiError;
+use crate::host::{process, tap};
+use crate::model::instance::{Instance, State as State_};
+use crate::model::subnet::Subnet;
 use crate::store::Table;
 
 /// The host's capacity: online CPUs and memory in MiB.
 fn capacity() -> (usize, u64) {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    (cpus, mem_kib / 1024)
+    (cpus, crate::host::memory_total_mib())
 }
 
 /// How many rows each table holds.
@@ -44,6 +41,29 @@ async fn counts(app: &Arc<App>) -> Result<[(&'static str, usize); 4], ApiError> 
     .await
 }
 
+/// EC2's system status check of one instance: its VMM process lives,
+/// its API answers, its tap is on its subnet's bridge.
+async fn system_check(app: &Arc<App>, inst: &Instance, bridge: &str) -> (bool, Vec<&'static str>) {
+    let mut failed = Vec::new();
+    let alive = inst.process.and_then(process::open).is_some();
+    if !alive {
+        failed.push("vmm-process");
+    }
+    let socket = app.supervisor.api_socket(&inst.instance_id);
+    let api = crate::vmm_client::call(&socket, "GET", "/", None, Duration::from_secs(2)).await;
+    if !matches!(api, Ok((200, _))) {
+        failed.push("vmm-api");
+    }
+    let (tap, bridge) = (inst.tap.clone(), bridge.to_string());
+    let on_bridge = tokio::task::spawn_blocking(move || tap::on_bridge(&tap, &bridge))
+        .await
+        .unwrap_or(false);
+    if !on_bridge {
+        failed.push("tap-on-bridge");
+    }
+    (failed.is_empty(), failed)
+}
+
 pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let (cpus, memory_mib) = capacity();
     let resources: serde_json::Map<String, Value> = counts(&app)
@@ -51,10 +71,107 @@ pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
+    let (instances, subnets): (Vec<Instance>, Vec<Subnet>) = app
+        .read(|tx| Ok((tx.list(Table::Instances)?, tx.list(Table::Subnets)?)))
+        .await?;
+    let by_state: serde_json::Map<String, Value> = State_::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.name().to_string(),
+                json!(instances.iter().filter(|i| i.state == *s).count()),
+            )
+        })
+        .collect();
+    let holding = |i: &&Instance| {
+        matches!(
+            i.state,
+            State_::Pending | State_::Running | State_::Stopping | State_::ShuttingDown
+        )
+    };
+    let allocated_vcpus: u32 = instances.iter().filter(holding).map(|i| i.vcpus).sum();
+    let allocated_mib: u32 = instances.iter().filter(holding).map(|i| i.memory_mib).sum();
+    // EC2's DescribeInstanceStatus with IncludeAllInstances: every
+    // instance but the terminated, with the system and instance checks.
+    let mut statuses = Vec::new();
+    for inst in instances.iter().filter(|i| i.state != State_::Terminated) {
+        let live = matches!(inst.state, State_::Pending | State_::Running);
+        let (system, failed, since) = if live {
+            let bridge = subnets
+                .iter()
+                .find(|s| s.subnet_id == inst.subnet_id)
+                .map_or(String::new(), |s| s.bridge.clone());
+            let (ok, failed) = system_check(&app, inst, &bridge).await;
+            let since = {
+                let mut impaired = app
+                    .impaired_since
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if ok {
+                    impaired.remove(&inst.instance_id);
+                    None
+                } else {
+                    Some(
+                        impaired
+                            .entry(inst.instance_id.clone())
+                            .or_insert_with(now_rfc3339)
+                            .clone(),
+                    )
+                }
+            };
+            let status = match (ok, inst.state) {
+                (true, _) => "ok",
+                (false, State_::Pending) => "initializing",
+                (false, _) => "impaired",
+            };
+            (status, failed, since)
+        } else if inst
+            .state_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("Server."))
+        {
+            // Its VMM died under it: the host failed it, not the user.
+            let since = app
+                .impaired_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(inst.instance_id.clone())
+                .or_insert_with(now_rfc3339)
+                .clone();
+            ("impaired", vec!["vmm-process"], Some(since))
+        } else {
+            ("not-applicable", Vec::new(), None)
+        };
+        let reachability = match system {
+            "ok" => "passed",
+            "not-applicable" => "not-applicable",
+            _ => "failed",
+        };
+        statuses.push(json!({
+            "instance_id": inst.instance_id,
+            "instance_state": {"code": inst.state.code(), "name": inst.state.name()},
+            "state_reason": inst.state_reason,
+            "system_status": {
+                "status": system,
+                "details": [{"name": "reachability", "status": reachability}],
+                "failed_checks": failed,
+                "impaired_since": since,
+            },
+            // The guest-reachability probe (an ARP probe from the VMM's
+            // datapath) is not built yet: EC2's word for "cannot tell".
+            "instance_status": {
+                "status": if live { "insufficient-data" } else { "not-applicable" },
+                "details": [{"name": "reachability", "status": if live { "insufficient-data" } else { "not-applicable" }}],
+            },
+        }));
+    }
     Ok(Json(json!({
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "host": {"vcpus": cpus, "memory_mib": memory_mib},
+        "allocated": {"vcpus": allocated_vcpus, "memory_mib": allocated_mib},
+        "instances": by_state,
+        "instance_statuses": statuses,
         "resources": resources,
     })))
 }
@@ -79,6 +196,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     out.push_str("# TYPE stratus_agent_vmms_adopted_total counter\n");
     let adopted = app.adopted.load(std::sync::atomic::Ordering::Relaxed);
     let _ = writeln!(out, "stratus_agent_vmms_adopted_total {adopted}");
+    out.push_str(
+        "# HELP stratus_agent_rule_pushes_total Security-group documents handed to running VMMs.\n",
+    );
+    out.push_str("# TYPE stratus_agent_rule_pushes_total counter\n");
+    let pushes = app.rule_pushes.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "stratus_agent_rule_pushes_total {pushes}");
     out.push_str("# HELP stratus_agent_instances Instances by state.\n");
     out.push_str("# TYPE stratus_agent_instances gauge\n");
     let instances: Vec<crate::model::instance::Instance> =

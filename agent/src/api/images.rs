@@ -68,15 +68,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> 
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
-    if ids::is_valid(Kind::Image, id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidAMIID.Malformed",
-            format!("`{id}` is not an image id (ami-…)"),
-        ))
-    }
+    super::checked_id(Kind::Image, "InvalidAMIID.Malformed", id)
 }
 
 pub async fn describe(

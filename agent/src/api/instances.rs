@@ -106,15 +106,7 @@ fn metadata_options(m: Option<MetadataOptionsIn>) -> Result<MetadataOptions, Api
 
 /// The host's memory that instances may use: all but 1 GiB for the host.
 fn memory_capacity_mib() -> u64 {
-    let kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
-    (kib / 1024).saturating_sub(1024)
+    crate::host::memory_total_mib().saturating_sub(1024)
 }
 
 pub async fn run(
@@ -327,6 +319,8 @@ pub async fn run(
             .await?;
         out.push(inst);
     }
+    // New members: instances whose groups name theirs learn the addresses.
+    supervisor::push_rules(&app2).await;
     Ok((StatusCode::CREATED, Json(json!({ "instances": out }))))
 }
 
@@ -371,15 +365,7 @@ pub async fn list(
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
-    if ids::is_valid(Kind::Instance, id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidInstanceID.Malformed",
-            format!("`{id}` is not an instance id (i-…)"),
-        ))
-    }
+    super::checked_id(Kind::Instance, "InvalidInstanceID.Malformed", id)
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -524,6 +510,9 @@ pub async fn terminate(
         .await?;
     if let (St::ShuttingDown, Some(pid)) = (inst.state, inst.process) {
         supervisor::shut_down(&app, &inst.instance_id, pid);
+    } else if inst.state == St::Terminated {
+        // Released at once: its groups lost a member.
+        supervisor::push_rules(&app).await;
     }
     Ok(Json(json!({
         "instance_id": inst.instance_id,

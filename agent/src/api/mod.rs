@@ -79,6 +79,10 @@ pub struct App {
     pub supervisor: crate::supervisor::Supervisor,
     /// VMMs found running at start and watched again.
     pub adopted: std::sync::atomic::AtomicU64,
+    /// Security-group documents handed to running VMMs.
+    pub rule_pushes: std::sync::atomic::AtomicU64,
+    /// When each instance's system check started failing.
+    pub impaired_since: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl App {
@@ -276,6 +280,24 @@ async fn measure(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .record(&route, response.status().as_u16(), seconds);
     response
+}
+
+/// Refuses `id` unless it has the form of an id of `kind`, with EC2's
+/// `….Malformed` code for it.
+pub fn checked_id(
+    kind: crate::model::ids::Kind,
+    code: &'static str,
+    id: &str,
+) -> Result<(), ApiError> {
+    if crate::model::ids::is_valid(kind, id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            format!("`{id}` is not an id of the form {}…", kind.prefix()),
+        ))
+    }
 }
 
 /// Today's date and time in RFC 3339 (UTC), for `created_at`.

@@ -108,15 +108,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> 
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
-    if ids::is_valid(Kind::SecurityGroup, id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidGroupId.Malformed",
-            format!("`{id}` is not a security group id (sg-…)"),
-        ))
-    }
+    super::checked_id(Kind::SecurityGroup, "InvalidGroupId.Malformed", id)
 }
 
 fn load(tx: &Tx<'_>, id: &str) -> Result<SecurityGroup, ApiError> {
@@ -238,6 +230,8 @@ async fn change(
             Ok(group)
         })
         .await?;
+    // Live: every running instance the change touches gets it now.
+    crate::supervisor::push_rules(&app).await;
     Ok(Json(group.into()))
 }
 

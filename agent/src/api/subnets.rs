@@ -125,15 +125,7 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> 
 }
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
-    if ids::is_valid(Kind::Subnet, id) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidSubnetID.Malformed",
-            format!("`{id}` is not a subnet id (subnet-…)"),
-        ))
-    }
+    super::checked_id(Kind::Subnet, "InvalidSubnetID.Malformed", id)
 }
 
 pub async fn describe(

@@ -18,6 +18,9 @@ const fn t(name: &'static str, vcpus: u32, memory_mib: u32) -> InstanceType {
 
 /// The catalog (EC2's sizes for these names).
 pub const CATALOG: &[InstanceType] = &[
+    t("t2.nano", 1, 512),
+    t("t2.micro", 1, 1024),
+    t("t2.small", 1, 2048),
     t("t3.nano", 2, 512),
     t("t3.micro", 2, 1024),
     t("t3.small", 2, 2048),
@@ -47,6 +50,7 @@ mod tests {
             Some((2, 512))
         );
         assert_eq!(lookup("m5.large").map(|t| t.memory_mib), Some(8192));
+        assert_eq!(lookup("t2.nano").map(|t| t.vcpus), Some(1));
         assert!(lookup("x9.huge").is_none());
     }
 }
