@@ -84,6 +84,18 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
     });
     supervisor::adopt(&app, instances);
     tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");
+    // Ready: the store is open, the VMMs are watched again, the listener
+    // is bound.
+    host::systemd::notify("READY=1\nSTATUS=serving the API");
+    if let Some(every) = host::systemd::watchdog_interval() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                host::systemd::notify("WATCHDOG=1");
+            }
+        });
+    }
     // The line a supervisor or a test waits for.
     println!(
         "stratus-agent: listening on {}",
@@ -95,7 +107,8 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(AgentError::Serve)?;
-    tracing::info!("stratus-agent stopped");
+    host::systemd::notify("STOPPING=1");
+    tracing::info!("stratus-agent stopped; its instances keep running");
     Ok(())
 }
 

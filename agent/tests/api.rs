@@ -63,7 +63,12 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+            .envs(env.iter().copied())
             .arg("--state-dir")
             .arg(&self.dir)
             .args(["--listen", "127.0.0.1:0"])
@@ -707,4 +712,56 @@ fn instance_requests_are_checked_before_anything_runs() {
         "InvalidParameterValue",
     );
     agent.ok("DELETE", &format!("/v1/subnets/{subnet_id}"), None, 204);
+}
+
+#[test]
+fn tells_systemd_when_it_is_ready_and_feeds_the_watchdog() {
+    if !privileged() {
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("stratus-agent-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut agent = Agent {
+        child: None,
+        dir: dir.join("state"),
+        addr: String::new(),
+        token: String::new(),
+        bridges: Vec::new(),
+    };
+    std::fs::create_dir_all(&agent.dir).unwrap();
+    agent.spawn_with_env(&[
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    let mut buf = [0u8; 256];
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("a notification within 20 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got[0].contains("READY=1"), "{got:?}");
+    // By the time READY=1 came, the API answers.
+    assert_eq!(agent.raw("GET", "/v1/health", None, None).0, 200);
+    // SIGTERM: STOPPING=1, exit 0.
+    let child = agent.child.take().unwrap();
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut child = child;
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

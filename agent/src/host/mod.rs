@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod process;
+pub mod systemd;
 pub mod tap;
 
 /// The host's memory in MiB (`MemTotal`), 0 if unreadable.
