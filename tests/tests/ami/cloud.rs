@@ -256,6 +256,8 @@ for i in d e; do
     sed "s/^/STDERR-$i /" /tmp/$i-stderr.log
 done
 sed 's/^/FLOWLOG /' {flow_d}
+# Their disks live on the host's tmpfs: freed for what comes next.
+rm -f /tmp/d-disk.qcow2 /tmp/e-disk.qcow2
 "#,
         limit_e = TIMEOUT_SECS - 400,
         flow_d = D.path("flow.log"),
