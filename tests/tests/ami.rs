@@ -133,10 +133,8 @@ fn outcome() -> Option<&'static Outcome> {
             .disk_file("images/debian-ami/disk.qcow2", &ami.qcow2)
             .file("images/debian-ami/manifest.json", &ami.manifest)
             // The base copy and two overlays live on the host's tmpfs.
-            // Guests of the cloud-init pair and the agent's instances, and
-            // every disk on tmpfs; a fuller host once coincided with guest
-            // crashes (see ami/agent.rs).
-            .memory_mib(6144);
+            // The base copy and the overlays live on the host's tmpfs.
+            .memory_mib(4096);
 
         let mut script = Script::new();
         script.line("cat > /tmp/crash.sh <<'EOF'");
