@@ -88,12 +88,7 @@ pub async fn create(
                     format!("a security group named `{}` exists", group.group_name),
                 ));
             }
-            tx.put(
-                Table::SecurityGroups,
-                &group.group_id,
-                &[("group_name", &group.group_name)],
-                &group,
-            )?;
+            put(tx, &group)?;
             Ok(group)
         })
         .await?;
@@ -109,6 +104,16 @@ pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> 
 
 fn checked_id(id: &str) -> Result<(), ApiError> {
     super::checked_id(Kind::SecurityGroup, "InvalidGroupId.Malformed", id)
+}
+
+/// Writes `group` (its name is the unique column).
+fn put(tx: &Tx<'_>, group: &SecurityGroup) -> Result<(), ApiError> {
+    Ok(tx.put(
+        Table::SecurityGroups,
+        &group.group_id,
+        &[("group_name", &group.group_name)],
+        group,
+    )?)
 }
 
 fn load(tx: &Tx<'_>, id: &str) -> Result<SecurityGroup, ApiError> {
@@ -221,12 +226,7 @@ async fn change(
                     m,
                 )
             })?;
-            tx.put(
-                Table::SecurityGroups,
-                &group.group_id,
-                &[("group_name", &group.group_name)],
-                &group,
-            )?;
+            put(tx, &group)?;
             Ok(group)
         })
         .await?;
