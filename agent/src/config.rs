@@ -3,6 +3,7 @@
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -31,8 +32,16 @@ pub struct Flags {
     /// this binary, else `stratus-vmm` on PATH).
     #[arg(long)]
     pub vmm: Option<PathBuf>,
+    /// Where to POST the health document (plain `http://` only): every
+    /// `--report-interval-secs` and soon after any instance changes state.
+    /// Without it nothing is pushed.
+    #[arg(long, value_name = "URL")]
+    pub report_url: Option<String>,
+    /// Seconds between periodic reports (default 30; 1-86400).
+    #[arg(long, value_name = "N")]
+    pub report_interval_secs: Option<u64>,
     /// A JSON file with any of `state_dir`, `listen`, `token_file`,
-    /// `vmm`; flags win over it.
+    /// `vmm`, `report_url`, `report_interval_secs`; flags win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -45,6 +54,8 @@ struct FileConfig {
     listen: Option<String>,
     token_file: Option<PathBuf>,
     vmm: Option<PathBuf>,
+    report_url: Option<String>,
+    report_interval_secs: Option<u64>,
 }
 
 /// The effective settings.
@@ -54,7 +65,13 @@ pub struct Config {
     pub listen: String,
     pub token_file: PathBuf,
     pub vmm: PathBuf,
+    /// Reporting upward, if a report URL is set.
+    pub report: Option<crate::report::Settings>,
 }
+
+/// Longest interval between periodic reports: a day (a longer one is
+/// more likely a unit mistake than a wish).
+pub const MAX_REPORT_INTERVAL_SECS: u64 = 86_400;
 
 /// Default API address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -86,11 +103,34 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let vmm = flags.vmm.or(file.vmm).unwrap_or_else(default_vmm);
+        let interval = flags.report_interval_secs.or(file.report_interval_secs);
+        if let Some(secs) = interval {
+            if !(1..=MAX_REPORT_INTERVAL_SECS).contains(&secs) {
+                return Err(format!(
+                    "--report-interval-secs {secs}: give 1-{MAX_REPORT_INTERVAL_SECS}"
+                ));
+            }
+        }
+        let report = match flags.report_url.or(file.report_url) {
+            Some(url) => Some(crate::report::Settings {
+                target: crate::report::target::Target::parse(&url).map_err(|e| e.to_string())?,
+                interval: interval.map_or(crate::report::DEFAULT_INTERVAL, Duration::from_secs),
+            }),
+            None => {
+                if interval.is_some() {
+                    tracing::warn!(
+                        "--report-interval-secs without --report-url: nothing is reported"
+                    );
+                }
+                None
+            }
+        };
         Ok(Self {
             state_dir,
             listen,
             token_file,
             vmm,
+            report,
         })
     }
 }
@@ -168,6 +208,49 @@ mod tests {
             file.to_str().unwrap()
         ]))
         .is_err());
+        assert_eq!(c.report, None);
+        // The report URL from the file, its interval from a flag; bad ones
+        // are refused with a message naming the flag.
+        std::fs::write(
+            &file,
+            r#"{"report_url": "http://collector:9000/reports", "report_interval_secs": 5}"#,
+        )
+        .unwrap();
+        let resolve = |extra: &[&str]| {
+            let mut args = vec!["stratus-agent", "--config", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            Config::resolve(Flags::parse_from(args))
+        };
+        let r = resolve(&["--report-interval-secs", "7"])
+            .unwrap()
+            .report
+            .unwrap();
+        assert_eq!(r.target.url(), "http://collector:9000/reports");
+        assert_eq!(r.interval, Duration::from_secs(7));
+        let r = resolve(&[]).unwrap().report.unwrap();
+        assert_eq!(r.interval, Duration::from_secs(5));
+        for bad in [
+            &["--report-url", "ftp://x"][..],
+            &["--report-url", "https://collector/"],
+            &["--report-url", "not a url"],
+            &["--report-interval-secs", "0"],
+            &["--report-interval-secs", "86401"],
+        ] {
+            let e = resolve(bad).unwrap_err();
+            assert!(e.starts_with("--report-"), "{bad:?}: {e}");
+        }
+        std::fs::write(&file, r#"{"state_dir": "/srv/a"}"#).unwrap();
+        let r = Config::resolve(Flags::parse_from([
+            "stratus-agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--report-url",
+            "http://127.0.0.1:1/",
+        ]))
+        .unwrap()
+        .report
+        .unwrap();
+        assert_eq!(r.interval, crate::report::DEFAULT_INTERVAL);
         let token = dir.join("token");
         let _ = std::fs::remove_file(&token);
         let made = load_or_create_token(&token).unwrap();

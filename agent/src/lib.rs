@@ -4,7 +4,8 @@
 //!
 //! It keeps images, subnets (with their bridges), key pairs, security
 //! groups and instances, each instance a `stratus-vmm` process it starts,
-//! watches and finds again after its own restart.
+//! watches and finds again after its own restart; with a report URL it
+//! pushes its health upward ([`report`]).
 
 pub mod api;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod host;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod store;
 pub mod supervisor;
 pub mod vmm_client;
@@ -69,6 +71,13 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         })?;
     let instances: Vec<model::instance::Instance> =
         store.read(|tx| tx.list(store::Table::Instances))?;
+    // Watching from before the adoption below, so that what it settles
+    // is reported too.
+    let state_changes = store.state_changes();
+    let reporting = config
+        .report
+        .as_ref()
+        .map(|r| Arc::new(report::Reporting::new(r)));
     let app = Arc::new(App {
         store: Arc::new(Mutex::new(store)),
         metrics: Mutex::new(metrics::ApiMetrics::default()),
@@ -81,7 +90,12 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         adopted: std::sync::atomic::AtomicU64::new(0),
         rule_pushes: std::sync::atomic::AtomicU64::new(0),
         impaired_since: Mutex::new(Default::default()),
+        reporting,
     });
+    let pusher = config
+        .report
+        .as_ref()
+        .and_then(|settings| report::spawn(&app, settings, state_changes));
     supervisor::adopt(&app, instances);
     tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");
     // Ready: the store is open, the VMMs are watched again, the listener
@@ -103,10 +117,15 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
             .local_addr()
             .map_or(config.listen.clone(), |a| a.to_string())
     );
-    axum::serve(listener, api::router(app))
+    let served = axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(AgentError::Serve)?;
+        .await;
+    // Undelivered reports are not waited for: a receiver that is down
+    // must not hold up a restart (the sequence shows the gap).
+    if let Some(pusher) = pusher {
+        pusher.stop();
+    }
+    served.map_err(AgentError::Serve)?;
     host::systemd::notify("STOPPING=1");
     tracing::info!("stratus-agent stopped; its instances keep running");
     Ok(())

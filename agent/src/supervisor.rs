@@ -342,7 +342,19 @@ async fn mark(app: &Arc<App>, id: &str, pid: ProcessId, event: Event, reason: Op
     }
 }
 
+/// Writes instance `inst`: the one place instances are written, so the
+/// one place a change of state (a new instance included) is noted for
+/// the store's state-change watchers (the reporter).
 pub fn put(tx: &Tx<'_>, inst: &Instance) -> Result<(), ApiError> {
+    /// The stored record's state alone (the rest is not parsed).
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        state: State,
+    }
+    let before: Option<Stored> = tx.get(Table::Instances, &inst.instance_id)?;
+    if before.is_none_or(|b| b.state != inst.state) {
+        tx.note_state_change();
+    }
     Ok(tx.put(
         Table::Instances,
         &inst.instance_id,

@@ -65,6 +65,13 @@ async fn system_check(app: &Arc<App>, inst: &Instance, bridge: &str) -> (bool, V
 }
 
 pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    document(&app).await.map(Json)
+}
+
+/// The health document: what `GET /v1/health` answers and what the
+/// reporter pushes (one builder, so the two cannot drift apart).
+pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
+    let app = Arc::clone(app);
     let (cpus, memory_mib) = capacity();
     let resources: serde_json::Map<String, Value> = counts(&app)
         .await?
@@ -165,7 +172,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
             },
         }));
     }
-    Ok(Json(json!({
+    Ok(json!({
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "host": {"vcpus": cpus, "memory_mib": memory_mib},
@@ -173,7 +180,8 @@ pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         "instances": by_state,
         "instance_statuses": statuses,
         "resources": resources,
-    })))
+        "reporting": app.reporting.as_deref().map(crate::report::Reporting::to_json),
+    }))
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
@@ -220,6 +228,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     out.push_str("# TYPE stratus_agent_store_commit_duration_seconds histogram\n");
     let commits = lock(&app.store).commit_seconds.clone();
     commits.write(&mut out, "stratus_agent_store_commit_duration_seconds", "");
+    crate::report::write_metrics(app.reporting.as_deref(), &mut out);
     app.metrics
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

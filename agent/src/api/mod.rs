@@ -9,6 +9,7 @@ mod key_pairs;
 mod security_groups;
 mod subnets;
 
+pub use health::document as health_document;
 pub use subnets::reconcile_bridges as reconcile;
 
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,8 @@ pub struct App {
     pub rule_pushes: std::sync::atomic::AtomicU64,
     /// When each instance's system check started failing.
     pub impaired_since: Mutex<std::collections::HashMap<String, String>>,
+    /// Reporting upward, when a report URL is set.
+    pub reporting: Option<Arc<crate::report::Reporting>>,
 }
 
 impl App {

@@ -6,7 +6,12 @@
 //! columns that need an index or a uniqueness constraint. One connection
 //! behind a mutex: a check and the write it guards run under one lock, in
 //! one transaction, so concurrent requests cannot interleave between them.
+//!
+//! A transaction that changes an instance's state says so
+//! ([`Tx::note_state_change`]); once it commits, [`Store::state_changes`]
+//! watchers hear of it (the reporter), never of a change rolled back.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Schema version in `PRAGMA user_version`; [`Store::open`] migrates up.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE images (id TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -27,6 +32,11 @@ CREATE TABLE security_groups (id TEXT PRIMARY KEY, group_name TEXT NOT NULL UNIQ
 const SCHEMA_V2: &str = "
 CREATE TABLE instances (id TEXT PRIMARY KEY, client_token TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX instances_by_client_token ON instances (client_token);
+";
+
+/// Named counters that must survive restarts (the report sequence).
+const SCHEMA_V3: &str = "
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
 /// A table of resources.
@@ -60,6 +70,8 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("state database schema version {found} is newer than this agent's ({SCHEMA_VERSION})")]
     TooNew { found: i64 },
+    #[error("state database counter {name} holds {value}, not a count")]
+    BadCounter { name: String, value: i64 },
 }
 
 /// The open database.
@@ -68,6 +80,8 @@ pub struct Store {
     conn: Connection,
     /// Durations of commits, for `/metrics` (seconds).
     pub commit_seconds: crate::metrics::Histogram,
+    /// Bumped after each commit that changed an instance's state.
+    state_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -83,7 +97,7 @@ impl Store {
             return Err(StoreError::TooNew { found: version });
         }
         // Each step in one transaction with its version bump.
-        for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
             if version < to {
                 conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {to}; COMMIT;"))?;
             }
@@ -91,7 +105,15 @@ impl Store {
         Ok(Self {
             conn,
             commit_seconds: crate::metrics::Histogram::default(),
+            state_changes: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// A receiver that wakes after each committed write that changed an
+    /// instance's state (several commits between two looks are one
+    /// wake-up: the watcher wants "something changed", not each change).
+    pub fn state_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state_changes.subscribe()
     }
 
     /// Runs `f` in one transaction, committed (durably) if it returns Ok.
@@ -100,11 +122,18 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let mut w = Tx { tx };
+        let mut w = Tx {
+            tx,
+            state_changed: Cell::new(false),
+        };
         let out = f(&mut w)?;
+        let Tx { tx, state_changed } = w;
         let start = Instant::now();
-        w.tx.commit().map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
         self.commit_seconds.observe(start.elapsed().as_secs_f64());
+        if state_changed.get() {
+            self.state_changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(out)
     }
 
@@ -114,7 +143,10 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let mut r = Tx { tx };
+        let mut r = Tx {
+            tx,
+            state_changed: Cell::new(false),
+        };
         f(&mut r)
     }
 }
@@ -123,9 +155,34 @@ impl Store {
 #[derive(Debug)]
 pub struct Tx<'a> {
     tx: Transaction<'a>,
+    /// Set by [`Tx::note_state_change`]; acted on after the commit.
+    state_changed: Cell<bool>,
 }
 
 impl Tx<'_> {
+    /// This transaction changes an instance's state: once it commits,
+    /// [`Store::state_changes`] watchers are woken (a read transaction,
+    /// never committed, wakes nobody).
+    pub fn note_state_change(&self) {
+        self.state_changed.set(true);
+    }
+
+    /// Adds one to the counter `name` (a new counter starts at 0) and
+    /// returns the new value: numbers that only rise, across restarts
+    /// once the transaction commits.
+    pub fn next_in_sequence(&self, name: &str) -> Result<u64, StoreError> {
+        let value: i64 = self.tx.query_row(
+            "INSERT INTO counters (name, value) VALUES (?1, 1) \
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+            params![name],
+            |r| r.get(0),
+        )?;
+        u64::try_from(value).map_err(|_| StoreError::BadCounter {
+            name: name.to_string(),
+            value,
+        })
+    }
+
     /// The resource with `id`, if any.
     pub fn get<T: DeserializeOwned>(
         &self,
@@ -267,6 +324,86 @@ mod tests {
             .unwrap();
         assert_eq!(id.as_deref(), Some("key-1"));
         assert!(s.write(|tx| tx.delete(Table::KeyPairs, "key-1")).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_version_2_database_gains_counters_that_survive_reopening() {
+        let dir =
+            std::env::temp_dir().join(format!("stratus-agent-store-v2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            // A database as the previous agent left it.
+            let conn = Connection::open(dir.join("state.db")).unwrap();
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+            ))
+            .unwrap();
+            conn.execute(
+                "INSERT INTO images (id, body) VALUES ('ami-1', '\"kept\"')",
+                [],
+            )
+            .unwrap();
+        }
+        {
+            let mut s = Store::open(&dir).unwrap();
+            let v: i64 = s
+                .conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, SCHEMA_VERSION);
+            let kept: Option<String> = s.read(|tx| tx.get(Table::Images, "ami-1")).unwrap();
+            assert_eq!(kept.as_deref(), Some("kept"));
+            assert_eq!(s.write(|tx| tx.next_in_sequence("a")).unwrap(), 1);
+            assert_eq!(s.write(|tx| tx.next_in_sequence("a")).unwrap(), 2);
+            assert_eq!(s.write(|tx| tx.next_in_sequence("b")).unwrap(), 1);
+            // A rolled-back transaction takes no number.
+            let r: Result<u64, StoreError> = s.write(|tx| {
+                tx.next_in_sequence("a")?;
+                Err(StoreError::TooNew { found: 9 })
+            });
+            assert!(r.is_err());
+        }
+        let mut s = Store::open(&dir).unwrap();
+        assert_eq!(s.write(|tx| tx.next_in_sequence("a")).unwrap(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_changes_are_signalled_once_committed_only() {
+        let dir =
+            std::env::temp_dir().join(format!("stratus-agent-store-sig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = Store::open(&dir).unwrap();
+        let mut changes = s.state_changes();
+        // Noted, then rolled back: nothing.
+        let r: Result<(), StoreError> = s.write(|tx| {
+            tx.note_state_change();
+            Err(StoreError::TooNew { found: 9 })
+        });
+        assert!(r.is_err());
+        s.read(|tx| {
+            tx.note_state_change();
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        // A commit without a state change: nothing.
+        s.write(|tx| tx.put(Table::Images, "ami-1", &[], &"x"))
+            .unwrap();
+        assert!(!changes.has_changed().unwrap());
+        // Two committed changes before the watcher looks: one wake-up.
+        for _ in 0..2 {
+            s.write(|tx| {
+                tx.note_state_change();
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        }
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        assert!(!changes.has_changed().unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
