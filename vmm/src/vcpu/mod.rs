@@ -95,6 +95,17 @@ impl std::fmt::Display for VcpuStop {
     }
 }
 
+impl VcpuStop {
+    /// Whether the guest (not the host) ended this vCPU abnormally, so its
+    /// registers are worth logging.
+    pub fn is_guest_crash(&self) -> bool {
+        matches!(
+            self,
+            VcpuStop::TripleFault | VcpuStop::FailEntry { .. } | VcpuStop::InternalError
+        )
+    }
+}
+
 /// A vCPU and the buses its exits go to.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -201,6 +212,50 @@ impl Vcpu {
                 return stop;
             }
         }
+    }
+
+    /// The registers that say where a crashed guest was: one line for the
+    /// log. A failed read is reported in the line instead.
+    pub fn crash_state(&self) -> String {
+        let regs = match self.fd.get_regs() {
+            Ok(r) => format!(
+                "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x}",
+                r.rip, r.rsp, r.rflags, r.rax
+            ),
+            Err(e) => format!("KVM_GET_REGS failed: {e}"),
+        };
+        let sregs = match self.fd.get_sregs() {
+            Ok(s) => format!(
+                "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}/dpl{} \
+                 idt={:#x}+{:#x} gdt={:#x}+{:#x} tr={:#x} interrupt_bitmap={:x?}",
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.cs.dpl,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit,
+                s.tr.base,
+                s.interrupt_bitmap
+            ),
+            Err(e) => format!("KVM_GET_SREGS failed: {e}"),
+        };
+        let events = match self.fd.get_vcpu_events() {
+            Ok(ev) => format!(
+                "exception={}/{} nr={} error_code={:#x} nmi_pending={}",
+                ev.exception.injected,
+                ev.exception.pending,
+                ev.exception.nr,
+                ev.exception.error_code,
+                ev.nmi.pending
+            ),
+            Err(e) => format!("KVM_GET_VCPU_EVENTS failed: {e}"),
+        };
+        format!("{regs} {sregs} {events}")
     }
 
     /// One `KVM_RUN` and the handling of its exit.

@@ -287,6 +287,11 @@ fn vcpu_thread(
                 }
             }
             VcpuRun::Stop(stop) => {
+                if stop.is_guest_crash() {
+                    // The registers are the only post-mortem a triple
+                    // fault leaves: where the guest was, and which tables.
+                    log::error!("vCPU {} at stop: {}", vcpu.index(), vcpu.crash_state());
+                }
                 let _ = config.stopped.send((vcpu.index(), stop));
                 let _ = config.wake.write(1);
                 wait_for_exit(commands, replies);
