@@ -21,6 +21,7 @@ use super::frame::{
 use super::local_frames::{LocalFrames, PushError};
 use super::metadata::MetadataService;
 use super::multicast::{GroupSet, Snooped};
+use super::reachability::{Prober, Reachability};
 use super::source_check::Owned;
 use super::MacAddr;
 
@@ -167,6 +168,8 @@ pub struct Datapath {
     owned: Owned,
     groups: GroupSet,
     dhcp: DhcpServer,
+    /// The instance status check's ARP probes of the guest.
+    prober: Prober,
     local: LocalFrames,
     counters: Counters,
 }
@@ -174,8 +177,10 @@ pub struct Datapath {
 impl Datapath {
     /// A datapath for the NIC `identity` describes.
     pub fn new(identity: NicIdentity) -> Self {
+        let clock = Clock::new();
         Self {
-            clock: Clock::new(),
+            prober: Prober::new(clock.now_ms()),
+            clock,
             firewall: None,
             metadata: None,
             flow_log: None,
@@ -324,6 +329,7 @@ impl Datapath {
     /// Reports the datapath's counters (`snake_case`, only growing).
     pub fn write_metrics(&self, out: &mut dyn FnMut(&'static str, u64)) {
         self.counters.write(out);
+        self.prober.write_counters(out);
         if let Some(firewall) = &self.firewall {
             firewall.write_metrics(out);
         }
@@ -333,6 +339,17 @@ impl Datapath {
         if let Some(sink) = &self.flow_log {
             sink.log.write_metrics(out);
         }
+    }
+
+    /// Reports the datapath's current state (values that go up and down)
+    /// under `snake_case` names: whether the guest answers its probes.
+    pub fn write_gauges(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        self.prober.write_gauges(out);
+    }
+
+    /// What the ARP probes say about the guest (the instance status check).
+    pub fn reachability(&self) -> Reachability {
+        self.prober.reachability()
     }
 
     /// Filters with these security groups from now on (`None`: unfiltered).
@@ -373,11 +390,15 @@ impl Datapath {
         self.next_flow_log_check_ms = self.clock.now_ms() + FLOW_LOG_CHECK_MS;
     }
 
-    /// Time-driven work: metadata retransmissions and timeouts, the
-    /// connection-tracking sweep, flow-log records of an ended interval.
-    /// Call at [`Self::next_deadline_ms`].
+    /// Time-driven work: the guest's reachability probe, metadata
+    /// retransmissions and timeouts, the connection-tracking sweep,
+    /// flow-log records of an ended interval. Call at
+    /// [`Self::next_deadline_ms`].
     pub fn poll(&mut self) {
         let now = self.clock.now_ms();
+        if self.prober.due(now) {
+            self.send_probe(now);
+        }
         if let Some(metadata) = self.metadata.as_mut() {
             let local = &mut self.local;
             let dropped = &mut self.counters.local_frames_dropped;
@@ -405,10 +426,38 @@ impl Datapath {
         }
     }
 
+    /// Queues an ARP probe of the guest. While earlier local frames still
+    /// wait (the guest posts no RX buffers: its interface is down), the
+    /// probe is skipped and not counted, so probes never pile up in the
+    /// queue ahead of the DHCP answers the guest will want first.
+    fn send_probe(&mut self, now: u64) {
+        if !self.local.is_empty() {
+            self.prober.skip(now);
+            return;
+        }
+        let (prober, identity) = (&mut self.prober, &self.identity);
+        if self
+            .local
+            .push_with(|slot| prober.write_probe(now, identity, slot))
+            .is_err()
+        {
+            self.prober.skip(now);
+            bump(&mut self.counters.local_frames_dropped);
+        }
+    }
+
+    /// Sends a reachability probe now, whatever the schedule.
+    #[cfg(test)]
+    pub(crate) fn probe_now(&mut self) {
+        let now = self.clock.now_ms();
+        self.send_probe(now);
+    }
+
     /// When [`Self::poll`] has work next (monotonic ms), if ever.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let mut next: Option<u64> = None;
         let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        consider(self.prober.next_deadline_ms());
         if let Some(t) = self
             .metadata
             .as_ref()
@@ -512,6 +561,10 @@ impl Datapath {
         let arp = Arp::parse(packet).map_err(|_| DropReason::Malformed)?;
         if check {
             self.owned.check_arp(&arp)?;
+        }
+        // The answer to a reachability probe is for the datapath alone.
+        if self.prober.take_reply(&arp, &self.identity) {
+            return Ok(FromGuest::Consumed);
         }
         Ok(FromGuest::Forward)
     }

@@ -10,8 +10,8 @@
 //! Ethernet frames in caller-owned buffers and decides, so every rule is
 //! unit-testable on byte arrays and the virtio-net device
 //! (`crate::virtio::net`) stays a plain mover of frames. Frames the
-//! datapath itself sends to the guest (DHCP replies today; ARP and
-//! metadata later) wait in a bounded queue of preallocated slots until the
+//! datapath itself sends to the guest (DHCP replies, metadata answers,
+//! the reachability probes of `reachability.rs`) wait in a bounded queue of preallocated slots until the
 //! device has an RX buffer for them.
 
 pub(crate) mod checksum;
@@ -27,6 +27,7 @@ mod local_frames;
 mod mac;
 pub mod metadata;
 mod multicast;
+mod reachability;
 mod source_check;
 
 #[cfg(test)]
@@ -35,3 +36,4 @@ mod tests;
 pub use datapath::{Datapath, DropReason, FromGuest, NicIdentity, ToGuest, MAX_LOCAL_FRAME};
 pub use dhcp::DHCP_SERVER_MAC;
 pub use mac::{MacAddr, ParseMacError};
+pub use reachability::Reachability;

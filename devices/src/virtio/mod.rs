@@ -229,4 +229,8 @@ pub trait VirtioDevice: Send + Debug {
     /// Reports the device's counters, for the VMM's metrics. Names are
     /// `snake_case`; values only grow.
     fn write_metrics(&self, _out: &mut dyn FnMut(&'static str, u64)) {}
+
+    /// Reports the device's current state (values that go up and down),
+    /// for the VMM's metrics. Names are `snake_case`.
+    fn write_gauges(&self, _out: &mut dyn FnMut(&'static str, u64)) {}
 }

@@ -325,10 +325,13 @@ impl Vmm {
             .slots()
             .iter()
             .map(|slot| {
-                let mut counters = BTreeMap::new();
+                let (mut counters, mut gauges) = (BTreeMap::new(), BTreeMap::new());
                 let device = slot.device.lock().unwrap_or_else(|p| p.into_inner());
                 device.write_metrics(&mut |name, n| {
                     counters.insert(name, n);
+                });
+                device.write_gauges(&mut |name, n| {
+                    gauges.insert(name, n);
                 });
                 let kind = kind_name(device.device_type());
                 drop(device);
@@ -339,6 +342,7 @@ impl Vmm {
                     name: slot.name.clone(),
                     kind,
                     counters,
+                    gauges,
                 }
             })
             .collect();

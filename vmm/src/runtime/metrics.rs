@@ -32,6 +32,9 @@ pub struct DeviceMetrics {
     pub kind: &'static str,
     /// Counters by name, the device's own and its transport's.
     pub counters: BTreeMap<&'static str, u64>,
+    /// Current values that go up and down, by name (a NIC's
+    /// `guest_reachable`: whether the guest answers its ARP probes).
+    pub gauges: BTreeMap<&'static str, u64>,
 }
 
 /// Packets one security-group rule allowed (new flows and untracked
@@ -215,6 +218,29 @@ impl MetricsSnapshot {
             "Per-device counters (requests, bytes, errors, refused guest writes), by counter name.",
             &devices,
         );
+        let gauges: Vec<_> = self
+            .devices
+            .iter()
+            .flat_map(|d| {
+                d.gauges.iter().map(move |(gauge, value)| {
+                    (
+                        format!(
+                            "{{device=\"{}\",kind=\"{}\",gauge=\"{gauge}\"}}",
+                            label(&d.name),
+                            d.kind
+                        ),
+                        value.to_string(),
+                    )
+                })
+            })
+            .collect();
+        family(
+            &mut out,
+            "stratus_vmm_device_state",
+            "gauge",
+            "Per-device current values (a NIC's guest_reachable: 1 while the guest answers its ARP probes), by gauge name.",
+            &gauges,
+        );
         let rules: Vec<_> = self
             .rule_hits
             .iter()
@@ -273,6 +299,7 @@ mod tests {
                 name: "root\"fs".into(),
                 kind: "block",
                 counters: BTreeMap::from([("reads", 9)]),
+                gauges: BTreeMap::from([("guest_reachable", 1)]),
             }],
         }
     }
@@ -286,6 +313,10 @@ mod tests {
             "stratus_vmm_device_events_total{device=\"root\\\"fs\",kind=\"block\",counter=\"reads\"} 9\n"
         ));
         assert!(text.contains("stratus_vmm_boot_time_seconds 0.250000\n"));
+        assert!(text.contains("# TYPE stratus_vmm_device_state gauge\n"));
+        assert!(text.contains(
+            "stratus_vmm_device_state{device=\"root\\\"fs\",kind=\"block\",gauge=\"guest_reachable\"} 1\n"
+        ));
         assert!(text.contains(
             "stratus_vmm_sg_rule_packets_total{device=\"net0\",group=\"sg-1\",direction=\"ingress\",rule=\"2\",peer=\"0\"} 5\n"
         ));

@@ -11,6 +11,7 @@ use super::{Datapath, MacAddr, NicIdentity, MAX_LOCAL_FRAME};
 mod dest_check;
 mod dhcp;
 mod hostile;
+mod reachability;
 mod source_check;
 
 const GUEST_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x00, 0x05]);

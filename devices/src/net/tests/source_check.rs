@@ -19,6 +19,8 @@ fn every_metric_is_reported_from_the_start() {
         m
     };
     let expected = [
+        "arp_probe_replies",
+        "arp_probes_sent",
         "dhcp_acks",
         "dhcp_declines",
         "dhcp_dropped",

@@ -283,4 +283,8 @@ impl VirtioDevice for Net {
         self.metrics.write(out);
         self.datapath.write_metrics(out);
     }
+
+    fn write_gauges(&self, out: &mut dyn FnMut(&'static str, u64)) {
+        self.datapath.write_gauges(out);
+    }
 }
