@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod report;
@@ -51,6 +52,21 @@ pub enum AgentError {
     Bridges(#[from] host::bridge::BridgeError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("instance identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+}
+
+impl AgentError {
+    /// The process's exit status for this error: 2, as for a bad flag or
+    /// config file, when the host identity's files are unusable (an
+    /// operator has to look at them: the agent will not replace them), 1
+    /// for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Identity(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Opens the store, reconciles the host with it, and serves the API on
@@ -61,6 +77,8 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         source,
     })?;
     let token = config::load_or_create_token(&config.token_file)?;
+    // Before anything is served: every instance's metadata is signed.
+    let identity = Arc::new(identity::HostIdentity::load_or_create(&config.state_dir)?);
     let mut store = Store::open(&config.state_dir)?;
     api::reconcile(&mut store)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -86,6 +104,7 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         supervisor: supervisor::Supervisor {
             vmm: config.vmm.clone(),
             instances_dir: config.state_dir.join("instances"),
+            identity,
         },
         adopted: std::sync::atomic::AtomicU64::new(0),
         rule_pushes: std::sync::atomic::AtomicU64::new(0),

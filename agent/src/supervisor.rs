@@ -25,6 +25,7 @@ use crate::api::App;
 use crate::error::ApiError;
 use crate::host::process::{self, Exit, ProcessId};
 use crate::host::tap;
+use crate::identity::HostIdentity;
 use crate::model::cidr::Cidr;
 use crate::model::image::Image;
 use crate::model::instance::{Event, Instance, State};
@@ -43,11 +44,13 @@ pub const ACCOUNT_ID: &str = "000000000000";
 /// the ACPI power button before the VMM is killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
-/// Where the VMM binary is and where instances live.
+/// Where the VMM binary is, where instances live, and what signs their
+/// identity documents.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
     pub vmm: PathBuf,
     pub instances_dir: PathBuf,
+    pub identity: Arc<HostIdentity>,
 }
 
 impl Supervisor {
@@ -150,8 +153,8 @@ fn private_hostname(ip: &str) -> String {
     format!("ip-{}.{REGION}.compute.internal", ip.replace('.', "-"))
 }
 
-/// The VMM's `metadata=` file: the document and the options.
-fn metadata_file(inst: &Instance, inputs: &LaunchInputs) -> Result<String, String> {
+/// What the instance's metadata service serves, unsigned.
+fn metadata_document(inst: &Instance, inputs: &LaunchInputs) -> Result<MetadataDocument, String> {
     let ip: Ipv4Addr = inst
         .private_ip
         .as_deref()
@@ -193,8 +196,24 @@ fn metadata_file(inst: &Instance, inputs: &LaunchInputs) -> Result<String, Strin
             security_group_ids: inst.security_group_ids.clone(),
         }],
         user_data: inst.user_data.clone(),
+        // Signed by `metadata_file`, over the fields above.
         identity: Default::default(),
     };
+    Ok(doc)
+}
+
+/// The VMM's `metadata=` file: the document, its identity document
+/// signed with the host's key, and the options. The same JSON is the body
+/// of the VMM's `PUT /metadata`. No key path is given to the VMM: the key
+/// stays with the agent (see `identity`), so the VMM serves the
+/// signatures as they are.
+fn metadata_file(
+    identity: &HostIdentity,
+    inst: &Instance,
+    inputs: &LaunchInputs,
+) -> Result<String, String> {
+    let mut doc = metadata_document(inst, inputs)?;
+    identity.sign(&mut doc).map_err(|e| e.to_string())?;
     serde_json::to_string(&serde_json::json!({"document": doc, "options": inst.metadata_options}))
         .map_err(|e| e.to_string())
 }
@@ -215,7 +234,7 @@ pub fn start_vmm(
         "sg.json",
         serde_json::to_string(&sg).map_err(|e| e.to_string())?,
     )?;
-    write("metadata.json", metadata_file(inst, inputs)?)?;
+    write("metadata.json", metadata_file(&sup.identity, inst, inputs)?)?;
     tap::create(&inst.tap, &inputs.subnet.bridge).map_err(|e| e.to_string())?;
     let cidr: Cidr = inputs
         .subnet
@@ -518,11 +537,41 @@ pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
 /// The NIC id the VMM gives an instance's only NIC.
 const NIC_ID: &str = "net0";
 
+/// An error of the agent's own making (a document it cannot build or
+/// write), as the API reports it.
+fn internal(e: impl ToString) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "InternalError",
+        e.to_string(),
+    )
+}
+
+/// The security-group document, as the JSON its VMM is given, of every
+/// instance that has a VMM (running, or pending on one), by instance id.
+/// Each comes from the instance's groups and the current members of every
+/// group they reference ([`group_members`]), so what one instance's
+/// change of groups or state does to the others shows here.
+fn rule_documents(tx: &Tx<'_>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    let instances: Vec<Instance> = tx.list(Table::Instances)?;
+    for inst in instances.iter().filter(|i| i.process.is_some()) {
+        let inputs = launch_inputs(tx, inst)?;
+        let doc = nic_rules::document(&inputs.groups, &inputs.members).map_err(internal)?;
+        let text = serde_json::to_string(&doc).map_err(internal)?;
+        out.insert(inst.instance_id.clone(), text);
+    }
+    Ok(out)
+}
+
 /// Hands every live VMM its security-group document again where it
-/// changed: after a rule changed, or a group's members did (an instance
-/// launched into it or left it). The document is rewritten in the
-/// instance's directory first (a VMM started later reads it), then `PUT`
-/// to the VMM, which swaps its rules without touching the guest.
+/// changed: after a rule changed, a group's members did (an instance
+/// launched into it, left it, or changed its groups), or an instance's
+/// own groups did. The document is rewritten in the instance's directory
+/// first (a VMM started later reads it), then `PUT` to the VMM, which
+/// swaps its rules without touching the guest. Which VMMs get one is
+/// decided by comparing with that file, so an instance whose document
+/// came out the same is left alone.
 pub async fn push_rules(app: &Arc<App>) {
     let sup = app.supervisor.clone();
     // (instance id, document) for every instance with a VMM whose
@@ -530,33 +579,11 @@ pub async fn push_rules(app: &Arc<App>) {
     let changed = app
         .read(move |tx| {
             let mut out = Vec::new();
-            let instances: Vec<Instance> = tx.list(Table::Instances)?;
-            for inst in instances.iter().filter(|i| i.process.is_some()) {
-                let inputs = launch_inputs(tx, inst)?;
-                let doc = nic_rules::document(&inputs.groups, &inputs.members).map_err(|e| {
-                    ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        e,
-                    )
-                })?;
-                let text = serde_json::to_string(&doc).map_err(|e| {
-                    ApiError::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        e.to_string(),
-                    )
-                })?;
-                let path = sup.dir(&inst.instance_id).join("sg.json");
+            for (id, text) in rule_documents(tx)? {
+                let path = sup.dir(&id).join("sg.json");
                 if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                    std::fs::write(&path, &text).map_err(|e| {
-                        ApiError::new(
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "InternalError",
-                            e.to_string(),
-                        )
-                    })?;
-                    out.push((inst.instance_id.clone(), text));
+                    std::fs::write(&path, &text).map_err(internal)?;
+                    out.push((id, text));
                 }
             }
             Ok(out)
@@ -569,36 +596,283 @@ pub async fn push_rules(app: &Arc<App>) {
             return;
         }
     };
+    let path = format!("/network-interfaces/{NIC_ID}/security-groups");
     for (id, text) in changed {
-        let socket = app.supervisor.api_socket(&id);
-        let path = format!("/network-interfaces/{NIC_ID}/security-groups");
-        // A VMM still starting may not answer yet: a few tries.
-        let mut last = String::new();
-        for _ in 0..5 {
-            match crate::vmm_client::call(
-                &socket,
-                "PUT",
-                &path,
-                Some(text.clone()),
-                Duration::from_secs(10),
-            )
-            .await
-            {
-                Ok((204, _)) => {
-                    last.clear();
-                    break;
-                }
-                Ok((status, body)) => last = format!("{status} {body}"),
-                Err(e) => last = e.to_string(),
+        match put_to_vmm(app, &id, &path, text).await {
+            Ok(()) => {
+                app.rule_pushes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(instance_id = %id, "security groups pushed to the VMM");
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(e) => {
+                tracing::warn!(instance_id = %id, error = %e, "could not push security groups to the VMM");
+            }
         }
-        if last.is_empty() {
-            app.rule_pushes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(instance_id = %id, "security groups pushed to the VMM");
-        } else {
-            tracing::warn!(instance_id = %id, error = %last, "could not push security groups to the VMM");
+    }
+}
+
+/// Hands instance `id`'s VMM its metadata document again (after the
+/// instance's groups changed: `security-groups` and the interface's
+/// `security-group-ids`), freshly signed: rewritten in its directory,
+/// then `PUT /metadata`, which the VMM serves from the next request on.
+/// An instance without a VMM gets its file at its next start.
+pub async fn push_metadata(app: &Arc<App>, id: &str) {
+    let sup = app.supervisor.clone();
+    let id2 = id.to_string();
+    let text = app
+        .read(move |tx| {
+            let Some(inst) = tx.get::<Instance>(Table::Instances, &id2)? else {
+                return Ok(None);
+            };
+            if inst.process.is_none() {
+                return Ok(None);
+            }
+            let inputs = launch_inputs(tx, &inst)?;
+            let text = metadata_file(&sup.identity, &inst, &inputs).map_err(internal)?;
+            std::fs::write(sup.dir(&id2).join("metadata.json"), &text).map_err(internal)?;
+            Ok(Some(text))
+        })
+        .await;
+    let text = match text {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(instance_id = %id, error = %e.message, "rebuilding the metadata document");
+            return;
         }
+    };
+    match put_to_vmm(app, id, "/metadata", text).await {
+        Ok(()) => tracing::info!(instance_id = %id, "metadata pushed to the VMM"),
+        Err(e) => {
+            tracing::warn!(instance_id = %id, error = %e, "could not push metadata to the VMM");
+        }
+    }
+}
+
+/// `PUT path` with `body` to instance `id`'s VMM; a VMM still starting
+/// may not answer yet, so a few tries. The last failure, if all failed.
+async fn put_to_vmm(app: &Arc<App>, id: &str, path: &str, body: String) -> Result<(), String> {
+    let socket = app.supervisor.api_socket(id);
+    let mut last = String::new();
+    for _ in 0..5 {
+        match crate::vmm_client::call(
+            &socket,
+            "PUT",
+            path,
+            Some(body.clone()),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok((204, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("{status} {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::host::process::ProcessId;
+    use crate::model::security_group::{IpPermission, SecurityGroup};
+    use crate::store::Store;
+
+    fn group(id: &str, name: &str, ingress: &str) -> SecurityGroup {
+        let perms: Vec<IpPermission> = serde_json::from_str(ingress).unwrap();
+        SecurityGroup {
+            group_id: id.into(),
+            group_name: name.into(),
+            description: "d".into(),
+            ingress: perms.iter().flat_map(|p| p.entries().unwrap()).collect(),
+            egress: SecurityGroup::default_egress(),
+            created_at: String::new(),
+        }
+    }
+
+    /// The id of instance `n`.
+    fn iid(n: u8) -> String {
+        format!("i-{n:017x}")
+    }
+
+    /// The ids of instances `ns`.
+    fn iids(ns: &[u8]) -> BTreeSet<String> {
+        ns.iter().map(|&n| iid(n)).collect()
+    }
+
+    /// Instance `n` at 10.0.0.1n in `groups`, with a VMM when `running`.
+    fn instance(n: u8, groups: &[&str], running: bool) -> Instance {
+        let id = iid(n);
+        serde_json::from_value(serde_json::json!({
+            "instance_id": id, "image_id": "ami-00000001", "instance_type": "t3.nano",
+            "vcpus": 2, "memory_mib": 512, "subnet_id": "subnet-00000001",
+            "private_ip": format!("10.0.0.1{n}"), "mac": crate::model::instance::mac_for(&id),
+            "security_group_ids": groups, "key_name": null, "user_data": null, "tags": {},
+            "metadata_options": {}, "state": if running { "running" } else { "stopped" },
+            "state_reason": null, "generation": 1, "launch_time": "2024-05-01T12:00:00Z",
+            "client_token": null,
+            "process": running.then_some(ProcessId { pid: 1_000_000 + i32::from(n), start_ticks: 1 }),
+            "tap": crate::host::tap::name(&id)
+        }))
+        .unwrap()
+    }
+
+    fn store(name: &str) -> (PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!(
+            "stratus-agent-supervisor-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
+        (dir, store)
+    }
+
+    /// web (sg-0000000a) lets admin (sg-0000000b) in on 22; db
+    /// (sg-0000000c) lets web in on 5432; other (sg-0000000d) names no
+    /// group. Instances 1-4 run, in web, db, other and admin; 5 is
+    /// stopped, in db.
+    fn setup(store: &mut Store) {
+        let from = |port: u16, g: &str| {
+            format!(
+                r#"[{{"ip_protocol": "tcp", "from_port": {port}, "to_port": {port}, "user_id_group_pairs": [{{"group_id": "{g}"}}]}}]"#
+            )
+        };
+        store
+            .write(|tx| {
+                tx.put(
+                    Table::Images,
+                    "ami-00000001",
+                    &[],
+                    &serde_json::json!({"image_id": "ami-00000001", "name": "n", "manifest_path": "/m",
+                        "architecture": "x86_64", "root_device_image": "/d", "root_device_format": "raw",
+                        "boot_mode": "b", "kernel_cmdline": "", "state": "available", "created_at": ""}),
+                )?;
+                tx.put(
+                    Table::Subnets,
+                    "subnet-00000001",
+                    &[("cidr_block", "10.0.0.0/24")],
+                    &serde_json::json!({"subnet_id": "subnet-00000001", "cidr_block": "10.0.0.0/24",
+                        "gateway": "10.0.0.1", "bridge": "stbr0", "available_ip_address_count": 251,
+                        "state": "available", "created_at": ""}),
+                )?;
+                for g in [
+                    group("sg-0000000a", "web", &from(22, "sg-0000000b")),
+                    group("sg-0000000b", "admin", "[]"),
+                    group("sg-0000000c", "db", &from(5432, "sg-0000000a")),
+                    group("sg-0000000d", "other", "[]"),
+                ] {
+                    tx.put(
+                        Table::SecurityGroups,
+                        &g.group_id,
+                        &[("group_name", &g.group_name)],
+                        &g,
+                    )?;
+                }
+                for inst in [
+                    instance(1, &["sg-0000000a"], true),
+                    instance(2, &["sg-0000000c"], true),
+                    instance(3, &["sg-0000000d"], true),
+                    instance(4, &["sg-0000000b"], true),
+                    instance(5, &["sg-0000000c"], false),
+                ] {
+                    tx.put(Table::Instances, &inst.instance_id, &[("client_token", "")], &inst)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .unwrap();
+    }
+
+    /// Gives instance `id` `groups`; the ids of the instances whose rule
+    /// documents changed with it.
+    fn regroup(store: &mut Store, n: u8, groups: &[&str]) -> BTreeSet<String> {
+        let id = iid(n);
+        let before = store.read(|tx| rule_documents(tx)).unwrap();
+        store
+            .write(|tx| {
+                let mut inst: Instance = tx.get(Table::Instances, &id)?.unwrap();
+                inst.security_group_ids = groups.iter().map(|g| g.to_string()).collect();
+                put(tx, &inst)
+            })
+            .unwrap();
+        let after = store.read(|tx| rule_documents(tx)).unwrap();
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>()
+        );
+        after
+            .iter()
+            .filter(|(id, doc)| before[*id] != **doc)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_change_of_groups_reaches_the_instance_and_those_whose_rules_name_its_groups() {
+        let (dir, mut store) = store("affected");
+        setup(&mut store);
+        // Only instances with a VMM get documents.
+        let docs = store.read(|tx| rule_documents(tx)).unwrap();
+        assert_eq!(
+            docs.keys().cloned().collect::<BTreeSet<_>>(),
+            iids(&[1, 2, 3, 4])
+        );
+        assert!(docs[&iid(1)].contains("10.0.0.14"), "{}", docs[&iid(1)]);
+
+        // 4 leaves admin (which web's rule names) for other (which no
+        // rule names): its own document and web's member 1's change; 2
+        // (db names web, whose members are the same) and 3 (in other,
+        // naming nothing) do not.
+        let changed = regroup(&mut store, 4, &["sg-0000000d"]);
+        assert_eq!(changed, iids(&[1, 4]));
+        let docs = store.read(|tx| rule_documents(tx)).unwrap();
+        assert!(!docs[&iid(1)].contains("10.0.0.14"), "{}", docs[&iid(1)]);
+
+        // 3 joins web: db's members (2 runs; 5 is stopped and is given its
+        // document when it starts) learn its address.
+        let changed = regroup(&mut store, 3, &["sg-0000000a", "sg-0000000d"]);
+        assert_eq!(changed, iids(&[2, 3]));
+        let docs = store.read(|tx| rule_documents(tx)).unwrap();
+        assert!(docs[&iid(2)].contains("10.0.0.13"), "{}", docs[&iid(2)]);
+
+        // A stopped instance's change reaches the running members of the
+        // groups that name its groups: 5 joins web, so 2 (db) learns it.
+        let changed = regroup(&mut store, 5, &["sg-0000000a"]);
+        assert_eq!(changed, iids(&[2]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_metadata_file_is_signed_and_names_the_current_groups() {
+        let (dir, mut store) = store("metadata");
+        setup(&mut store);
+        regroup(&mut store, 4, &["sg-0000000d", "sg-0000000a"]);
+        let identity = crate::identity::tests::shared();
+        let text = store
+            .read(|tx| {
+                let inst: Instance = tx.get(Table::Instances, &iid(4))?.unwrap();
+                let inputs = launch_inputs(tx, &inst)?;
+                metadata_file(&identity, &inst, &inputs).map_err(internal)
+            })
+            .unwrap();
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let doc = MetadataDocument::from_json(&file["document"].to_string()).unwrap();
+        assert_eq!(doc.security_groups, ["other", "web"]);
+        assert_eq!(
+            doc.interfaces[0].security_group_ids,
+            ["sg-0000000d", "sg-0000000a"]
+        );
+        let mut again = doc.clone();
+        identity.sign(&mut again).unwrap();
+        // PKCS#1 v1.5 is deterministic: the same document, the same
+        // signatures (the SignedData too, as it holds no signing time).
+        assert_eq!(doc.identity, again.identity);
+        assert!(doc.identity.signature.is_some() && doc.identity.rsa2048.is_some());
+        assert_eq!(file["options"]["hop_limit"], 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

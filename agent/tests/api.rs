@@ -41,12 +41,18 @@ struct Agent {
     dir: PathBuf,
     addr: String,
     token: String,
-    /// Bridges the test saw the agent make.
+    /// Links (bridges, taps) the test saw the agent make.
     bridges: Vec<String>,
+    /// More arguments for the agent.
+    args: Vec<String>,
 }
 
 impl Agent {
     fn start(name: &str) -> Agent {
+        Agent::start_with_args(name, &[])
+    }
+
+    fn start_with_args(name: &str, args: &[&str]) -> Agent {
         let dir =
             std::env::temp_dir().join(format!("stratus-agent-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -57,6 +63,7 @@ impl Agent {
             addr: String::new(),
             token: String::new(),
             bridges: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         agent.spawn();
         agent
@@ -72,6 +79,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(&self.dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -148,6 +156,35 @@ impl Agent {
         let (status, v) = self.call(method, path, body.as_ref());
         assert_eq!(status, want, "{method} {path}: {v}");
         v
+    }
+
+    /// `GET path` without the token; (status, head, body as text).
+    fn get_open(&self, path: &str) -> (u16, String, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    /// Polls instance `id` until it is in `state` (within 30 s).
+    fn wait_for_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let inst = self.ok("GET", &format!("/v1/instances/{id}"), None, 200);
+            if inst["state"] == state {
+                return inst;
+            }
+            assert!(Instant::now() < deadline, "never {state}: {inst}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -628,6 +665,17 @@ fn instance_requests_are_checked_before_anything_runs() {
             400,
             "InvalidParameterValue",
         ),
+        // The VMM would refuse a document naming a group twice.
+        (
+            with("security_group_ids", json!([group_id, group_id])),
+            400,
+            "InvalidParameterValue",
+        ),
+        (
+            with("security_group_ids", json!(["web"])),
+            400,
+            "InvalidGroupId.Malformed",
+        ),
         (
             with("instance_type", json!("z9.huge")),
             400,
@@ -734,6 +782,7 @@ fn tells_systemd_when_it_is_ready_and_feeds_the_watchdog() {
         addr: String::new(),
         token: String::new(),
         bridges: Vec::new(),
+        args: Vec::new(),
     };
     std::fs::create_dir_all(&agent.dir).unwrap();
     agent.spawn_with_env(&[
@@ -764,4 +813,703 @@ fn tells_systemd_when_it_is_ready_and_feeds_the_watchdog() {
     assert!(stopping, "no STOPPING=1");
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether openssl can be run; without it the signature checks skip,
+/// except under CI.
+fn have_openssl() -> bool {
+    let ok = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl is required when CI is set"
+        );
+        eprintln!("skipping the signature checks: openssl not found");
+    }
+    ok
+}
+
+/// Runs openssl in `dir`, insisting that it succeeds; its stdout.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks, as a guest would, that the identity document of the metadata
+/// file `metadata` (the agent's `metadata.json` for a VMM) is signed by
+/// the key of `cert_pem`: `signature` with `openssl dgst`, `rsa2048` and
+/// `pkcs7` with `openssl smime` (which prints the document back).
+fn verify_identity(dir: &std::path::Path, metadata: &Value, cert_pem: &str) {
+    use base64::Engine as _;
+    let doc = &metadata["document"];
+    // The document as the metadata service serves it (the VMM builds it
+    // from these fields the same way).
+    let parsed: stratus_devices::net::metadata::MetadataDocument =
+        serde_json::from_value(doc.clone()).unwrap();
+    let text = parsed.identity_document();
+    let d = dir.join("verify");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("cert.pem"), cert_pem).unwrap();
+    std::fs::write(d.join("document"), &text).unwrap();
+    let signature = doc["identity"]["signature"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no signature in {doc}"))
+        .replace('\n', "");
+    std::fs::write(
+        d.join("signature"),
+        base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .unwrap(),
+    )
+    .unwrap();
+    let public = openssl(&d, &["x509", "-pubkey", "-noout", "-in", "cert.pem"]);
+    std::fs::write(d.join("public.pem"), public).unwrap();
+    openssl(
+        &d,
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "public.pem",
+            "-signature",
+            "signature",
+            "document",
+        ],
+    );
+    for name in ["rsa2048", "pkcs7"] {
+        let body = doc["identity"][name].as_str().unwrap();
+        std::fs::write(
+            d.join(name),
+            format!("-----BEGIN PKCS7-----\n{body}\n-----END PKCS7-----\n"),
+        )
+        .unwrap();
+        let shown = openssl(
+            &d,
+            &[
+                "smime",
+                "-verify",
+                "-in",
+                name,
+                "-inform",
+                "PEM",
+                "-certfile",
+                "cert.pem",
+                "-CAfile",
+                "cert.pem",
+            ],
+        );
+        assert_eq!(shown, text, "{name}");
+    }
+}
+
+fn group_ids(inst: &Value) -> Vec<String> {
+    inst["security_group_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An instance's groups change while it is stopped (its VMM here is
+/// `/bin/true`, which "boots" and powers off at once: no KVM needed) and
+/// its next VMM gets them, in a metadata file whose identity document is
+/// signed by the host certificate the API serves; bad changes are refused
+/// and change nothing; the certificate and the change survive a `kill -9`
+/// and restart; a terminated instance's groups are final.
+#[test]
+fn an_instances_groups_change_and_its_metadata_is_signed_by_the_host() {
+    if !privileged() {
+        return;
+    }
+    let mut agent = Agent::start_with_args("instance-groups", &["--vmm", "/bin/true"]);
+    let openssl_here = have_openssl();
+
+    // The host certificate: open, PEM, made on this first start.
+    let (status, head, cert) = agent.get_open("/v1/identity-certificate");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-pem-file"),
+        "{head}"
+    );
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    assert_eq!(
+        std::fs::read_to_string(agent.dir.join("identity-cert.pem")).unwrap(),
+        cert
+    );
+    let key = std::fs::read(agent.dir.join("identity-key.pem")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(agent.dir.join("identity-key.pem")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.215.0.0/28"})),
+        201,
+    );
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let subnet_id = subnet["subnet_id"].as_str().unwrap().to_string();
+    let groups: Vec<String> = (1..=6)
+        .map(|i| {
+            agent.ok(
+                "POST",
+                "/v1/security-groups",
+                Some(json!({"group_name": format!("g{i}"), "description": "d"})),
+                201,
+            )["group_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let run = agent.ok(
+        "POST",
+        "/v1/instances",
+        Some(
+            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
+            "subnet_id": subnet_id, "security_group_ids": [groups[0]]}),
+        ),
+        201,
+    );
+    let inst = &run["instances"][0];
+    let id = inst["instance_id"].as_str().unwrap().to_string();
+    agent
+        .bridges
+        .push(inst["tap"].as_str().unwrap().to_string());
+    let stopped = agent.wait_for_state(&id, "stopped");
+    assert_eq!(group_ids(&stopped), [groups[0].clone()]);
+
+    // The metadata file the agent wrote for the VMM: signed by the host.
+    let metadata_path = agent.dir.join("instances").join(&id).join("metadata.json");
+    let read_metadata = || {
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&metadata_path).unwrap()).unwrap()
+    };
+    let metadata = read_metadata();
+    assert_eq!(metadata["document"]["security_groups"], json!(["g1"]));
+    if openssl_here {
+        verify_identity(&agent.dir, &metadata, &cert);
+    }
+
+    // The change, on a stopped instance.
+    let path = format!("/v1/instances/{id}/security-groups");
+    let new_groups = json!([groups[1], groups[2]]);
+    let changed = agent.ok(
+        "PUT",
+        &path,
+        Some(json!({"security_group_ids": new_groups})),
+        200,
+    );
+    assert_eq!(changed["security_group_ids"], new_groups, "{changed}");
+    assert!(changed["generation"].as_u64() > stopped["generation"].as_u64());
+    let described = agent.ok("GET", &format!("/v1/instances/{id}"), None, 200);
+    assert_eq!(described, changed);
+    let listed = agent.ok("GET", "/v1/instances", None, 200);
+    assert_eq!(listed["instances"][0]["security_group_ids"], new_groups);
+    // The same groups again: nothing to do, nothing bumped.
+    let again = agent.ok(
+        "PUT",
+        &path,
+        Some(json!({"security_group_ids": new_groups})),
+        200,
+    );
+    assert_eq!(again, changed);
+
+    // Refused, and nothing changes.
+    let six = json!({ "security_group_ids": groups });
+    let body = |ids: Value| json!({ "security_group_ids": ids }).to_string();
+    let cases = [
+        (
+            path.clone(),
+            body(json!([groups[1], "sg-00000000000000000"])),
+            404,
+            "InvalidGroup.NotFound",
+        ),
+        (
+            path.clone(),
+            body(json!([groups[1], groups[1]])),
+            400,
+            "InvalidParameterValue",
+        ),
+        (path.clone(), body(json!([])), 400, "InvalidParameterValue"),
+        (path.clone(), six.to_string(), 400, "InvalidParameterValue"),
+        (
+            path.clone(),
+            body(json!(["g2"])),
+            400,
+            "InvalidGroupId.Malformed",
+        ),
+        (
+            path.clone(),
+            r#"{"groups": []}"#.to_string(),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "/v1/instances/i-00000000000000000/security-groups".to_string(),
+            body(json!([groups[1]])),
+            404,
+            "InvalidInstanceID.NotFound",
+        ),
+        (
+            "/v1/instances/nope/security-groups".to_string(),
+            body(json!([groups[1]])),
+            400,
+            "InvalidInstanceID.Malformed",
+        ),
+    ];
+    for (route, body, status, code) in &cases {
+        assert_error(&agent, "PUT", route, Some(body), *status, code);
+    }
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{id}"), None, 200),
+        changed
+    );
+    // The groups are the instance's now: the one it left may go, the ones
+    // it joined may not.
+    agent.ok(
+        "DELETE",
+        &format!("/v1/security-groups/{}", groups[0]),
+        None,
+        204,
+    );
+    assert_error(
+        &agent,
+        "DELETE",
+        &format!("/v1/security-groups/{}", groups[1]),
+        None,
+        409,
+        "DependencyViolation",
+    );
+
+    // Its next VMM gets the new groups, signed metadata and all.
+    agent.ok("POST", &format!("/v1/instances/{id}/start"), None, 200);
+    let metadata = read_metadata();
+    assert_eq!(metadata["document"]["security_groups"], json!(["g2", "g3"]));
+    assert_eq!(
+        metadata["document"]["interfaces"][0]["security_group_ids"],
+        new_groups
+    );
+    if openssl_here {
+        verify_identity(&agent.dir, &metadata, &cert);
+    }
+    let sg: Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.dir.join("instances").join(&id).join("sg.json")).unwrap(),
+    )
+    .unwrap();
+    let sg_ids: Vec<&str> = sg["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sg_ids, [groups[1].as_str(), groups[2].as_str()]);
+    let stopped = agent.wait_for_state(&id, "stopped");
+
+    // kill -9 and restart: the same identity, the change kept.
+    agent.crash_and_restart();
+    let (_, _, cert_after) = agent.get_open("/v1/identity-certificate");
+    assert_eq!(cert_after, cert);
+    assert_eq!(
+        std::fs::read(agent.dir.join("identity-key.pem")).unwrap(),
+        key
+    );
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{id}"), None, 200)["security_group_ids"],
+        stopped["security_group_ids"]
+    );
+
+    // Terminated: refused, unchanged.
+    agent.ok("POST", &format!("/v1/instances/{id}/terminate"), None, 200);
+    let terminated = agent.wait_for_state(&id, "terminated");
+    assert_error(
+        &agent,
+        "PUT",
+        &path,
+        Some(&body(json!([groups[3]]))),
+        409,
+        "IncorrectInstanceState",
+    );
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{id}"), None, 200),
+        terminated
+    );
+    agent.ok("DELETE", &format!("/v1/subnets/{subnet_id}"), None, 204);
+}
+
+/// A launch whose VMM cannot start ends `terminated`; its groups can no
+/// longer change.
+#[test]
+fn a_terminated_launchs_groups_cannot_change() {
+    if !privileged() {
+        return;
+    }
+    let mut agent = Agent::start_with_args("failed-launch", &["--vmm", "/nonexistent"]);
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.216.0.0/28"})),
+        201,
+    );
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let group = agent.ok(
+        "POST",
+        "/v1/security-groups",
+        Some(json!({"group_name": "g", "description": "d"})),
+        201,
+    )["group_id"]
+        .clone();
+    let other = agent.ok(
+        "POST",
+        "/v1/security-groups",
+        Some(json!({"group_name": "h", "description": "d"})),
+        201,
+    )["group_id"]
+        .clone();
+    let run = agent.ok(
+        "POST",
+        "/v1/instances",
+        Some(
+            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
+            "subnet_id": subnet["subnet_id"], "security_group_ids": [group]}),
+        ),
+        201,
+    );
+    let inst = run["instances"][0].clone();
+    assert_eq!(inst["state"], "terminated", "{inst}");
+    let id = inst["instance_id"].as_str().unwrap();
+    assert_error(
+        &agent,
+        "PUT",
+        &format!("/v1/instances/{id}/security-groups"),
+        Some(&json!({ "security_group_ids": [other] }).to_string()),
+        409,
+        "IncorrectInstanceState",
+    );
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{id}"), None, 200),
+        inst
+    );
+}
+
+/// An identity key that is not a key stops the agent at startup with
+/// exit code 2, as a bad setting does, and is left as it is.
+#[test]
+fn an_unusable_identity_key_stops_the_agent_with_exit_code_2() {
+    let dir = std::env::temp_dir().join(format!("stratus-agent-badkey-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("identity-key.pem"), "not a key").unwrap();
+    std::fs::write(dir.join("identity-cert.pem"), "not a certificate").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
+        .arg("--state-dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("identity-key.pem"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("identity-key.pem")).unwrap(),
+        "not a key"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stand-in for VMMs' control APIs: the agent's VMM is `sleep` (it
+/// never binds its socket), and the test binds each instance's
+/// `api.sock` itself, answers the agent's boot probe (so the instance
+/// becomes `running`) and records every request. Its `sleep`s are killed
+/// on drop, pass or fail.
+struct FakeVmms {
+    script: PathBuf,
+    pids: Vec<i32>,
+    /// Every request but the boot probes, in order.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<VmmRequest>>>,
+}
+
+/// A request a fake VMM got: (instance id, method, path, body).
+type VmmRequest = (String, String, String, String);
+
+impl FakeVmms {
+    fn new() -> FakeVmms {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script =
+            std::env::temp_dir().join(format!("stratus-fake-vmm-{}.sh", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeVmms {
+            script,
+            pids: Vec::new(),
+            requests: Default::default(),
+        }
+    }
+
+    /// Serves instance `inst`'s API socket under `dir` from now on.
+    fn serve(&mut self, dir: &std::path::Path, inst: &Value) {
+        use std::os::unix::net::UnixListener;
+        let id = inst["instance_id"].as_str().unwrap().to_string();
+        self.pids
+            .push(i32::try_from(inst["process"]["pid"].as_i64().unwrap()).unwrap());
+        let socket = dir.join("instances").join(&id).join("api.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let requests = std::sync::Arc::clone(&self.requests);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut reader = BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let mut words = head.split_whitespace();
+                let (method, path) = (
+                    words.next().unwrap_or_default().to_string(),
+                    words.next().unwrap_or_default().to_string(),
+                );
+                let answer = if method == "GET" {
+                    let body = r#"{"boot_time_seconds": 0.5}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+                if method != "GET" {
+                    requests.lock().unwrap().push((
+                        id.clone(),
+                        method,
+                        path,
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ));
+                }
+            }
+        });
+    }
+
+    /// The bodies of the `PUT path` requests instance `id`'s VMM got.
+    fn puts(&self, id: &str, path: &str) -> Vec<Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, m, p, _)| i == id && m == "PUT" && p == path)
+            .map(|(_, _, _, body)| serde_json::from_str(body).unwrap())
+            .collect()
+    }
+
+    /// Ends the VMMs (the agent sees them die and stops their instances).
+    fn kill_all(&mut self) {
+        for pid in self.pids.drain(..) {
+            // SAFETY: kill with a pid of a process this test had started
+            // and a valid signal number.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for FakeVmms {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
+
+/// Groups changed while instances run reach their VMMs at once: the
+/// instance's own VMM gets its new security-group document and its
+/// metadata (new groups, the identity document signed by the host), and
+/// the VMM of an instance whose rule names a group the instance joined
+/// gets the instance's address in that group's set; an instance the
+/// change does not touch gets nothing.
+#[test]
+fn groups_changed_while_running_reach_every_vmm_they_touch() {
+    if !privileged() {
+        return;
+    }
+    let mut vmms = FakeVmms::new();
+    let script = vmms.script.to_str().unwrap().to_string();
+    let mut agent = Agent::start_with_args("live-groups", &["--vmm", &script]);
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.217.0.0/28"})),
+        201,
+    );
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let subnet_id = subnet["subnet_id"].as_str().unwrap().to_string();
+    let group = |name: &str| {
+        agent.ok(
+            "POST",
+            "/v1/security-groups",
+            Some(json!({"group_name": name, "description": "d"})),
+            201,
+        )["group_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // web lets admin in on 22; db and admin name no group.
+    let (web, db, admin) = (group("web"), group("db"), group("admin"));
+    agent.ok(
+        "POST",
+        &format!("/v1/security-groups/{web}/authorize-ingress"),
+        Some(
+            json!({"ip_permissions": [{"ip_protocol": "tcp", "from_port": 22, "to_port": 22,
+            "user_id_group_pairs": [{"group_id": admin}]}]}),
+        ),
+        200,
+    );
+    // a in db, b in web, c in db.
+    let mut launch = |groups: &[&str]| {
+        let run = agent.ok(
+            "POST",
+            "/v1/instances",
+            Some(
+                json!({"image_id": image["image_id"], "instance_type": "t3.nano",
+                "subnet_id": subnet_id, "security_group_ids": groups}),
+            ),
+            201,
+        );
+        let inst = run["instances"][0].clone();
+        assert_eq!(inst["state"], "pending", "{inst}");
+        agent
+            .bridges
+            .push(inst["tap"].as_str().unwrap().to_string());
+        vmms.serve(&agent.dir, &inst);
+        inst["instance_id"].as_str().unwrap().to_string()
+    };
+    let a = launch(&[&db]);
+    let b = launch(&[&web]);
+    let c = launch(&[&db]);
+    for id in [&a, &b, &c] {
+        agent.wait_for_state(id, "running");
+    }
+    let a_ip = agent.ok("GET", &format!("/v1/instances/{a}"), None, 200)["private_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sg_path = "/network-interfaces/net0/security-groups";
+    assert!(vmms.puts(&b, sg_path).is_empty());
+
+    // a joins admin, which web's rule names.
+    agent.ok(
+        "PUT",
+        &format!("/v1/instances/{a}/security-groups"),
+        Some(json!({"security_group_ids": [db, admin]})),
+        200,
+    );
+    // b's VMM learns a's address (the pushes are done by the answer).
+    let to_b = vmms.puts(&b, sg_path);
+    assert_eq!(to_b.len(), 1, "{to_b:?}");
+    assert_eq!(
+        to_b[0]["address_sets"][&admin],
+        json!([a_ip]),
+        "{}",
+        to_b[0]
+    );
+    // a's VMM gets its own groups and its metadata.
+    let to_a = vmms.puts(&a, sg_path);
+    assert_eq!(to_a.len(), 1, "{to_a:?}");
+    let ids: Vec<&str> = to_a[0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [db.as_str(), admin.as_str()]);
+    let metadata = vmms.puts(&a, "/metadata");
+    assert_eq!(metadata.len(), 1, "{metadata:?}");
+    assert_eq!(
+        metadata[0]["document"]["security_groups"],
+        json!(["db", "admin"])
+    );
+    assert_eq!(
+        metadata[0]["document"]["interfaces"][0]["security_group_ids"],
+        json!([db, admin])
+    );
+    if have_openssl() {
+        let (_, _, cert) = agent.get_open("/v1/identity-certificate");
+        verify_identity(&agent.dir, &metadata[0], &cert);
+    }
+    // c is untouched: db is named by no rule.
+    assert!(vmms.puts(&c, sg_path).is_empty());
+    assert!(vmms.puts(&c, "/metadata").is_empty());
+    let (_, _, metrics) = agent.get_open("/metrics");
+    assert!(
+        metrics.contains("stratus_agent_rule_pushes_total 2"),
+        "{metrics}"
+    );
+
+    // The VMMs die: stopped, then released.
+    vmms.kill_all();
+    for id in [&a, &b, &c] {
+        agent.wait_for_state(id, "stopped");
+        agent.ok("POST", &format!("/v1/instances/{id}/terminate"), None, 200);
+        agent.wait_for_state(id, "terminated");
+    }
+    agent.ok("DELETE", &format!("/v1/subnets/{subnet_id}"), None, 204);
 }

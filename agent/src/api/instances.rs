@@ -19,17 +19,16 @@ use crate::model::cidr::Cidr;
 use crate::model::ids::{self, Kind};
 use crate::model::image::Image;
 use crate::model::instance::{mac_for, Event, Instance, State as St};
+use crate::model::instance_groups::{self, GroupListError};
 use crate::model::instance_type;
 use crate::model::lease;
 use crate::model::security_group::SecurityGroup;
 use crate::model::subnet::Subnet;
-use crate::store::Table;
+use crate::store::{Table, Tx};
 use crate::supervisor::{self, check_user_data, launch_inputs, put, start_vmm, watch};
 
 /// Most instances one call may run.
 const MAX_COUNT: u32 = 20;
-/// Most security groups per instance (EC2's default quota).
-const MAX_GROUPS: usize = 5;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +69,32 @@ pub struct RunInstances {
 
 fn one() -> u32 {
     1
+}
+
+/// EC2's rules for an interface's list of groups, as API errors.
+fn check_groups(group_ids: &[String]) -> Result<(), ApiError> {
+    instance_groups::check(group_ids).map_err(|e| match e {
+        GroupListError::Malformed(_) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidGroupId.Malformed",
+            e.to_string(),
+        ),
+        GroupListError::Count(_) | GroupListError::Duplicate(_) => ApiError::invalid(e.to_string()),
+    })
+}
+
+/// Refuses the first group of `group_ids` that does not exist.
+fn groups_exist(tx: &Tx<'_>, group_ids: &[String]) -> Result<(), ApiError> {
+    for g in group_ids {
+        if tx.get::<SecurityGroup>(Table::SecurityGroups, g)?.is_none() {
+            return Err(ApiError::not_found(
+                "InvalidGroup.NotFound",
+                "security group",
+                g,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn metadata_options(m: Option<MetadataOptionsIn>) -> Result<MetadataOptions, ApiError> {
@@ -125,11 +150,7 @@ pub async fn run(
     if req.private_ip_address.is_some() && req.count != 1 {
         return Err(ApiError::invalid("private_ip_address needs count 1"));
     }
-    if req.security_group_ids.is_empty() || req.security_group_ids.len() > MAX_GROUPS {
-        return Err(ApiError::invalid(format!(
-            "security_group_ids: 1-{MAX_GROUPS} groups"
-        )));
-    }
+    check_groups(&req.security_group_ids)?;
     if let Some(u) = &req.user_data {
         check_user_data(u).map_err(ApiError::invalid)?;
     }
@@ -185,15 +206,7 @@ pub async fn run(
                     format!("subnet {} is {}", subnet.subnet_id, subnet.state),
                 ));
             }
-            for g in &req.security_group_ids {
-                if tx.get::<SecurityGroup>(Table::SecurityGroups, g)?.is_none() {
-                    return Err(ApiError::not_found(
-                        "InvalidGroup.NotFound",
-                        "security group",
-                        g,
-                    ));
-                }
-            }
+            groups_exist(tx, &req.security_group_ids)?;
             if let Some(k) = &req.key_name {
                 if tx.id_by(Table::KeyPairs, "key_name", k)?.is_none() {
                     return Err(ApiError::not_found(
@@ -519,6 +532,54 @@ pub async fn terminate(
         "previous_state": {"code": previous.code(), "name": previous.name()},
         "current_state": {"code": inst.state.code(), "name": inst.state.name()},
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModifySecurityGroups {
+    security_group_ids: Vec<String>,
+}
+
+/// `PUT …/security-groups`: the instance's interface gets exactly these
+/// groups (EC2's `ModifyInstanceAttribute --groups`). Committed before
+/// the answer; then every VMM whose rules it changes gets them: the
+/// instance's own, and those of instances whose rules name a group it
+/// joined or left (its address joins or leaves that group's set). Its
+/// own VMM also gets its metadata again (`security-groups`,
+/// `security-group-ids`). Giving the groups it has already is a no-op.
+pub async fn modify_security_groups(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Body(req): Body<ModifySecurityGroups>,
+) -> Result<Json<Instance>, ApiError> {
+    checked_id(&id)?;
+    check_groups(&req.security_group_ids)?;
+    let (inst, changed) = app
+        .write(move |tx| {
+            let mut inst: Instance = tx
+                .get(Table::Instances, &id)?
+                .ok_or_else(|| not_found(&id))?;
+            if !instance_groups::may_change(inst.state) {
+                return Err(incorrect(&inst, "given other security groups"));
+            }
+            groups_exist(tx, &req.security_group_ids)?;
+            if inst.security_group_ids == req.security_group_ids {
+                return Ok((inst, false));
+            }
+            inst.security_group_ids = req.security_group_ids;
+            inst.generation += 1;
+            put(tx, &inst)?;
+            Ok((inst, true))
+        })
+        .await?;
+    if changed {
+        tracing::info!(instance_id = %inst.instance_id, groups = ?inst.security_group_ids, "security groups changed");
+        supervisor::push_rules(&app).await;
+        if inst.process.is_some() {
+            supervisor::push_metadata(&app, &inst.instance_id).await;
+        }
+    }
+    Ok(Json(inst))
 }
 
 #[derive(Debug, Deserialize)]

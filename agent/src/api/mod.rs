@@ -3,6 +3,7 @@
 //! every route once; a test holds it equal to `openapi.json`.
 
 mod health;
+mod identity;
 mod images;
 mod instances;
 mod key_pairs;
@@ -20,7 +21,7 @@ use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -64,10 +65,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/instances/{instance_id}/reboot"),
     ("POST", "/v1/instances/{instance_id}/terminate"),
     ("GET", "/v1/instances/{instance_id}/console"),
+    ("PUT", "/v1/instances/{instance_id}/security-groups"),
+    ("GET", "/v1/identity-certificate"),
 ];
 
-/// Routes anyone may call (a load balancer's or a monitor's probes).
-const OPEN_ROUTES: &[&str] = &["/v1/health", "/metrics"];
+/// Routes anyone may call: a load balancer's or a monitor's probes, and
+/// the public certificate guests check identity documents with (see
+/// [`identity::certificate`]).
+const OPEN_ROUTES: &[&str] = &["/v1/health", "/metrics", "/v1/identity-certificate"];
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -218,7 +223,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/instances/{instance_id}/console",
             get(instances::console),
-        );
+        )
+        .route(
+            "/v1/instances/{instance_id}/security-groups",
+            put(instances::modify_security_groups),
+        )
+        .route("/v1/identity-certificate", get(identity::certificate));
     v1.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

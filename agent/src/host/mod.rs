@@ -1,5 +1,6 @@
 //! What the agent changes on the host itself.
 
+pub mod atomic_file;
 pub mod bridge;
 pub mod process;
 pub mod systemd;

@@ -5,6 +5,7 @@ pub mod cidr;
 pub mod ids;
 pub mod image;
 pub mod instance;
+pub mod instance_groups;
 pub mod instance_type;
 pub mod key_pair;
 pub mod lease;
