@@ -64,6 +64,79 @@ async fn system_check(app: &Arc<App>, inst: &Instance, bridge: &str) -> (bool, V
     (failed.is_empty(), failed)
 }
 
+/// How long a guest that has never answered its NIC's ARP probes counts
+/// as still starting ("initializing") rather than failed: a slow first
+/// boot (a nested one under emulation, cloud-init's first run) takes
+/// minutes before its interface is up.
+const FIRST_ANSWER_GRACE_SECS: f64 = 600.0;
+
+/// What one instance check found.
+struct InstanceCheck {
+    /// EC2's status: `ok`, `initializing`, `impaired`, `insufficient-data`.
+    status: &'static str,
+    /// The `reachability` detail: `passed`, `initializing`, `failed`,
+    /// `insufficient-data`.
+    detail: &'static str,
+}
+
+/// EC2's instance status check of one instance: does the guest answer the
+/// ARP probes its VMM's datapath sends it (the NIC's `guest_reachable`
+/// gauge)? A VMM that does not answer says nothing about the guest:
+/// `insufficient-data` (the system check reports the VMM).
+async fn instance_check(app: &Arc<App>, inst: &Instance) -> InstanceCheck {
+    const NO_DATA: InstanceCheck = InstanceCheck {
+        status: "insufficient-data",
+        detail: "insufficient-data",
+    };
+    let socket = app.supervisor.api_socket(&inst.instance_id);
+    let Ok((200, body)) =
+        crate::vmm_client::call(&socket, "GET", "/metrics", None, Duration::from_secs(2)).await
+    else {
+        return NO_DATA;
+    };
+    let Ok(metrics) = serde_json::from_str::<Value>(&body) else {
+        return NO_DATA;
+    };
+    let Some(nic) = metrics["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["kind"] == "net"))
+    else {
+        return NO_DATA;
+    };
+    let reachable = nic["gauges"]["guest_reachable"].as_u64();
+    let replies = nic["counters"]["arp_probe_replies"].as_u64();
+    let uptime = metrics["uptime_seconds"].as_f64().unwrap_or(0.0);
+    match (reachable, replies) {
+        (Some(1), _) => InstanceCheck {
+            status: "ok",
+            detail: "passed",
+        },
+        (Some(_), Some(0)) if uptime < FIRST_ANSWER_GRACE_SECS => InstanceCheck {
+            status: "initializing",
+            detail: "initializing",
+        },
+        (Some(_), Some(_)) => InstanceCheck {
+            status: "impaired",
+            detail: "failed",
+        },
+        _ => NO_DATA,
+    }
+}
+
+/// When `key` became impaired (now, if it just did); forgets it when not.
+fn impaired_since(app: &App, key: String, impaired: bool) -> Option<String> {
+    let mut map = app
+        .impaired_since
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if impaired {
+        Some(map.entry(key).or_insert_with(now_rfc3339).clone())
+    } else {
+        map.remove(&key);
+        None
+    }
+}
+
 pub async fn health(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     document(&app).await.map(Json)
 }
@@ -109,23 +182,7 @@ pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
                 .find(|s| s.subnet_id == inst.subnet_id)
                 .map_or(String::new(), |s| s.bridge.clone());
             let (ok, failed) = system_check(&app, inst, &bridge).await;
-            let since = {
-                let mut impaired = app
-                    .impaired_since
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if ok {
-                    impaired.remove(&inst.instance_id);
-                    None
-                } else {
-                    Some(
-                        impaired
-                            .entry(inst.instance_id.clone())
-                            .or_insert_with(now_rfc3339)
-                            .clone(),
-                    )
-                }
-            };
+            let since = impaired_since(&app, inst.instance_id.clone(), !ok);
             let status = match (ok, inst.state) {
                 (true, _) => "ok",
                 (false, State_::Pending) => "initializing",
@@ -149,6 +206,22 @@ pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
         } else {
             ("not-applicable", Vec::new(), None)
         };
+        let instance_status = if live {
+            let check = instance_check(&app, inst).await;
+            let key = format!("{}/instance", inst.instance_id);
+            let since = impaired_since(&app, key, check.status == "impaired");
+            json!({
+                "status": check.status,
+                "details": [{"name": "reachability", "status": check.detail}],
+                "impaired_since": since,
+            })
+        } else {
+            json!({
+                "status": "not-applicable",
+                "details": [{"name": "reachability", "status": "not-applicable"}],
+                "impaired_since": null,
+            })
+        };
         let reachability = match system {
             "ok" => "passed",
             "not-applicable" => "not-applicable",
@@ -164,12 +237,7 @@ pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
                 "failed_checks": failed,
                 "impaired_since": since,
             },
-            // The guest-reachability probe (an ARP probe from the VMM's
-            // datapath) is not built yet: EC2's word for "cannot tell".
-            "instance_status": {
-                "status": if live { "insufficient-data" } else { "not-applicable" },
-                "details": [{"name": "reachability", "status": if live { "insufficient-data" } else { "not-applicable" }}],
-            },
+            "instance_status": instance_status,
         }));
     }
     Ok(json!({
