@@ -57,7 +57,9 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
             .file(&tiny.kernel, &images.tiny.kernel)
             .file(&tiny.initrd, &images.tiny.initrd)
             .disk_file(&debian61.kernel, &images.debian61.kernel)
-            .disk_file(&debian61.initrd, &images.debian61.initrd);
+            .disk_file(&debian61.initrd, &images.debian61.initrd)
+            // The network pair's guests overlap.
+            .guests_on_one_cpu();
 
         let mut script = Script::new();
         script.case(

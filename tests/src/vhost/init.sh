@@ -46,7 +46,12 @@ echo "STRATUS-VHOST ready kvm=$kvm uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 export STRATUS_ROOT=/stratus HOME=/tmp
 cd /stratus
-sh /stratus/scenario.sh
+if [ -e /stratus/scenario-cpu-mask ]; then
+    # VirtualHost::guests_on_one_cpu: nested guests never run in parallel.
+    taskset "$(cat /stratus/scenario-cpu-mask)" sh /stratus/scenario.sh
+else
+    sh /stratus/scenario.sh
+fi
 echo "STRATUS-SCENARIO-EXIT=$?"
 sync
 poweroff -f

@@ -237,11 +237,18 @@ pub fn add_cases(script: &mut Script, base: &str, cmdline: &str) {
     rm -f /tmp/$i-api.sock /tmp/$i-console.log /tmp/$i-flow.log /tmp/$i-disk.qcow2
     qemu-img create -q -f qcow2 -F qcow2 -b {base} /tmp/$i-disk.qcow2 || echo "OVERLAY $i failed"
 done
-# wait_exit NAME PID LIMIT: the VMM's exit status, or kill -9 at LIMIT s.
+# wait_exit NAME PID LIMIT [PEER]: the VMM's exit status, or kill -9 at
+# LIMIT s, or 60 s after PEER's VMM ended (E's probes need D: without it
+# E would wait out its whole limit).
 wait_exit() {{
     waited=0
-    while kill -0 "$2" 2>/dev/null && [ "$waited" -lt "$3" ]; do sleep 2; waited=$((waited + 2)); done
-    if kill -0 "$2" 2>/dev/null; then echo "VMM-TIMEOUT $1"; kill -9 "$2"; fi
+    peer_gone=0
+    while kill -0 "$2" 2>/dev/null && [ "$waited" -lt "$3" ] && [ "$peer_gone" -lt 60 ]; do
+        sleep 2
+        waited=$((waited + 2))
+        if [ -n "$4" ] && ! kill -0 "$4" 2>/dev/null; then peer_gone=$((peer_gone + 2)); fi
+    done
+    if kill -0 "$2" 2>/dev/null; then echo "VMM-TIMEOUT $1 after=$waited peer_gone=$peer_gone"; kill -9 "$2"; fi
     wait "$2"
     echo "VMM-EXIT $1 status=$?"
 }}
@@ -249,7 +256,7 @@ wait_exit() {{
 pd=$!
 {vmm_e} 2>/tmp/e-stderr.log &
 pe=$!
-wait_exit e $pe {limit_e}
+wait_exit e $pe {limit_e} $pd
 wait_exit d $pd 300
 for i in d e; do
     sed "s/^/CONSOLE-$i /" /tmp/$i-console.log
