@@ -65,6 +65,24 @@ impl Supervisor {
     pub fn console_log(&self, id: &str) -> PathBuf {
         self.dir(id).join("console.log")
     }
+
+    /// Where the VMM writes how it ended (`--exit-status-file`): the only
+    /// way to know it for a VMM adopted after the agent's restart, which
+    /// init reaps instead of the agent.
+    pub fn exit_status_file(&self, id: &str) -> PathBuf {
+        self.dir(id).join("exit-status.json")
+    }
+}
+
+/// The exit code an adopted VMM recorded, if it did (a VMM killed by a
+/// signal records nothing).
+fn recorded_exit(sup: &Supervisor, id: &str) -> Exit {
+    let code = std::fs::read_to_string(sup.exit_status_file(id))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["exit_code"].as_i64())
+        .and_then(|c| i32::try_from(c).ok());
+    code.map_or(Exit::Unknown, Exit::Code)
 }
 
 /// Everything a launch reads from the store, read in one transaction.
@@ -243,8 +261,10 @@ pub fn start_vmm(
         .map_err(|e| format!("{e}"))?;
     let ip = inst.private_ip.as_deref().unwrap_or_default();
     let socket = sup.api_socket(&inst.instance_id);
-    // A socket left by a VMM that died would make the new one refuse to start.
+    // A socket left by a VMM that died would make the new one refuse to
+    // start; an exit status left by one would be taken for the new one's.
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(sup.exit_status_file(&inst.instance_id));
     let mut cmd = Command::new(&sup.vmm);
     cmd.arg("--ami")
         .arg(&inputs.image.manifest_path)
@@ -263,6 +283,8 @@ pub fn start_vmm(
         ))
         .arg("--api-sock")
         .arg(&socket)
+        .arg("--exit-status-file")
+        .arg(sup.exit_status_file(&inst.instance_id))
         .args([
             "--id",
             &inst.instance_id,
@@ -385,6 +407,10 @@ pub fn put(tx: &Tx<'_>, inst: &Instance) -> Result<(), ApiError> {
 /// What to do after instance `id`'s VMM `pid` ended with `exit`.
 async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
     let sup = app.supervisor.clone();
+    let exit = match exit {
+        Exit::Unknown => recorded_exit(&sup, id),
+        known => known,
+    };
     let id = id.to_string();
     let app2 = Arc::clone(app);
     let r = app
@@ -402,7 +428,7 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
                     format!("Server.InternalError: the VMM was killed by signal {s}")
                 }
                 Exit::Unknown => {
-                    "Server.InternalError: the VMM ended while the agent was not watching".into()
+                    "Server.InternalError: the VMM ended without an exit status (killed)".into()
                 }
             };
             match inst.state {

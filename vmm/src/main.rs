@@ -18,7 +18,7 @@ use std::time::Instant;
 use clap::Parser;
 use stratus_vmm::api;
 use stratus_vmm::config::{ConfigError, SerialTarget, VmConfig, DEFAULT_CMDLINE};
-use stratus_vmm::outcome::{EXIT_BAD_CONFIG, EXIT_ERROR};
+use stratus_vmm::outcome::{EXIT_BAD_CONFIG, EXIT_ERROR, EXIT_POWER_OFF, EXIT_REBOOT};
 use stratus_vmm::vm::Vm;
 
 /// Boot a Linux kernel in a KVM virtual machine.
@@ -77,6 +77,12 @@ struct Cli {
     /// Serve the control API (HTTP/JSON) on this Unix socket.
     #[arg(long = "api-sock", value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// On exit, write `{"exit_code": N, "outcome": "…"}` here (atomically):
+    /// how the VMM ended, for a supervisor that is not its parent (one
+    /// that adopted it after its own restart cannot reap it). Allowed with
+    /// --config: it is about the process, not the VM.
+    #[arg(long, value_name = "PATH")]
+    exit_status_file: Option<PathBuf>,
     /// Read the whole VM configuration from a JSON file instead.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -170,6 +176,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    let exit_file = cli.exit_status_file.clone();
+    let code = run(cli, start);
+    if let Some(path) = exit_file {
+        record_exit(&path, code);
+    }
+    ExitCode::from(code)
+}
+
+/// Runs the VMM from its parsed command line; the exit code.
+fn run(cli: Cli, start: Instant) -> u8 {
     let config = match cli
         .into_config()
         .and_then(VmConfig::resolve_ami)
@@ -178,7 +194,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("stratus-vmm: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            return EXIT_BAD_CONFIG;
         }
     };
 
@@ -197,7 +213,7 @@ fn main() -> ExitCode {
         Ok(None) => None,
         Err(e) => {
             eprintln!("stratus-vmm: {e}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            return EXIT_BAD_CONFIG;
         }
     };
 
@@ -212,18 +228,39 @@ fn main() -> ExitCode {
             } else {
                 EXIT_ERROR
             };
-            return ExitCode::from(code);
+            return code;
         }
     };
     match vm.run(api) {
         Ok(outcome) => {
             eprintln!("stratus-vmm: {outcome}");
-            ExitCode::from(outcome.exit_code())
+            outcome.exit_code()
         }
         Err(e) => {
             eprintln!("stratus-vmm: {e}");
-            ExitCode::from(EXIT_ERROR)
+            EXIT_ERROR
         }
+    }
+}
+
+/// Writes `code` to `path` through a temporary file and a rename, so a
+/// reader sees the whole record or none. A failure is reported, not fatal:
+/// the exit code itself still tells a parent.
+fn record_exit(path: &std::path::Path, code: u8) {
+    let meaning = match code {
+        EXIT_POWER_OFF => "the guest powered off",
+        EXIT_REBOOT => "the guest rebooted",
+        EXIT_BAD_CONFIG => "invalid configuration",
+        _ => "the VMM or KVM failed, or the guest crashed",
+    };
+    let record = format!("{{\"exit_code\": {code}, \"outcome\": \"{meaning}\"}}\n");
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, record).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        eprintln!(
+            "stratus-vmm: cannot write the exit status to {}: {e}",
+            path.display()
+        );
     }
 }
 
