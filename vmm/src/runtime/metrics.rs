@@ -90,6 +90,30 @@ fn label(value: &str) -> String {
 
 /// Writes one metric family: its headers, then one line per sample
 /// (`labels` is `{…}` or empty).
+/// One sample per value of every device, labelled with the device, its
+/// kind and the value's name under `key`.
+fn device_samples(
+    devices: &[DeviceMetrics],
+    key: &str,
+    values: impl Fn(&DeviceMetrics) -> &BTreeMap<&'static str, u64>,
+) -> Vec<(String, String)> {
+    devices
+        .iter()
+        .flat_map(|d| {
+            values(d).iter().map(move |(name, value)| {
+                (
+                    format!(
+                        "{{device=\"{}\",kind=\"{}\",{key}=\"{name}\"}}",
+                        label(&d.name),
+                        d.kind
+                    ),
+                    value.to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -195,22 +219,7 @@ impl MetricsSnapshot {
             "Console writes queued by KVM instead of exiting, per vCPU.",
             &coalesced,
         );
-        let devices: Vec<_> = self
-            .devices
-            .iter()
-            .flat_map(|d| {
-                d.counters.iter().map(move |(counter, value)| {
-                    (
-                        format!(
-                            "{{device=\"{}\",kind=\"{}\",counter=\"{counter}\"}}",
-                            label(&d.name),
-                            d.kind
-                        ),
-                        value.to_string(),
-                    )
-                })
-            })
-            .collect();
+        let devices = device_samples(&self.devices, "counter", |d| &d.counters);
         family(
             &mut out,
             "stratus_vmm_device_events_total",
@@ -218,22 +227,7 @@ impl MetricsSnapshot {
             "Per-device counters (requests, bytes, errors, refused guest writes), by counter name.",
             &devices,
         );
-        let gauges: Vec<_> = self
-            .devices
-            .iter()
-            .flat_map(|d| {
-                d.gauges.iter().map(move |(gauge, value)| {
-                    (
-                        format!(
-                            "{{device=\"{}\",kind=\"{}\",gauge=\"{gauge}\"}}",
-                            label(&d.name),
-                            d.kind
-                        ),
-                        value.to_string(),
-                    )
-                })
-            })
-            .collect();
+        let gauges = device_samples(&self.devices, "gauge", |d| &d.gauges);
         family(
             &mut out,
             "stratus_vmm_device_state",
