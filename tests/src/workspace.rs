@@ -73,11 +73,13 @@ pub fn stratus_vmm() -> Result<PathBuf> {
     }
 }
 
-/// The host agent under test: `$STRATUS_AGENT`, else built (debug: the
-/// unit-test step has built it already).
+/// The host agent under test: `$STRATUS_AGENT`, else built in release
+/// mode (as it is deployed; a debug build also takes the better part of
+/// a minute under the virtual host's emulation to make its RSA signing
+/// key on first start).
 pub fn stratus_agent() -> Result<PathBuf> {
     match std::env::var_os("STRATUS_AGENT") {
         Some(path) => Ok(PathBuf::from(path)),
-        None => workspace_binary("stratus-agent", "stratus-agent", false),
+        None => workspace_binary("stratus-agent", "stratus-agent", true),
     }
 }

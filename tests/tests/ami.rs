@@ -25,8 +25,10 @@
 //! handled by the guest's systemd-logind), `c2` gets `SendCtrlAltDel`
 //! (systemd reboots). Then two instances, D and E, boot side by side from
 //! fresh overlays on one bridge with cloud-init, DHCP, metadata and
-//! security groups from their VMMs (`ami/cloud.rs`), and `stratus-agent`
-//! runs, restarts, stops, starts and terminates two more (`ami/agent.rs`).
+//! security groups from their VMMs (`ami/cloud.rs`). First of all,
+//! `stratus-agent` runs, restarts, stops, starts and terminates two
+//! instances (`ami/agent.rs`), then five with traffic between them under
+//! live security-group changes (`ami/fleet.rs`).
 //! Then every overlay goes through `qemu-img check` and the base through
 //! `sha256sum`.
 
@@ -35,6 +37,8 @@ mod agent;
 #[path = "ami/cloud.rs"]
 mod cloud;
 mod common;
+#[path = "ami/fleet.rs"]
+mod fleet;
 
 use std::path::Path;
 use std::process::Command;
@@ -161,6 +165,7 @@ fn outcome() -> Option<&'static Outcome> {
             "sed 's/\"disk.qcow2\"/\"base.qcow2\"/' images/debian-ami/manifest.json > {MANIFEST}"
         ));
         agent::add_cases(&mut script, MANIFEST);
+        fleet::add_cases(&mut script, MANIFEST);
 
         let a1 = boot(OVERLAY_A, 2)
             .tests(&["info", "write-marker"])
@@ -238,7 +243,12 @@ fn outcome() -> Option<&'static Outcome> {
         script.case("base_sha256", 300, &["sha256sum", BASE]);
         host.scenario(script.text());
         host.timeout(Duration::from_secs(
-            7 * BOOT_TIMEOUT_SECS + 480 + cloud::TIMEOUT_SECS + agent::TIMEOUT_SECS + 1200,
+            7 * BOOT_TIMEOUT_SECS
+                + 480
+                + cloud::TIMEOUT_SECS
+                + agent::TIMEOUT_SECS
+                + fleet::TIMEOUT_SECS
+                + 1200,
         ));
         Ok(host)
     })

@@ -29,29 +29,32 @@ pub const TIMEOUT_SECS: u64 = 1800;
 const SUBNET: &str = "10.0.97.0/24";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFwlhAA8saHVdGDKBoO+KQJmmon0ImaFHquYdP5lxGNW stratus-test-key";
 
-/// Adds the scenario; `manifest` is an AMI bundle's manifest in the host.
-pub fn add_cases(script: &mut Script, manifest: &str) {
-    let text = format!(
+/// The shell functions an operator's session with the agent uses: start
+/// the agent on `$STATE` (`start_agent`), call its API (`api METHOD PATH
+/// [BODY]`), read a JSON field (`field`), an instance's state (`state`)
+/// and wait for one (`wait_state ID STATE LIMIT`). Lines start `$TAG`.
+pub fn shell_helpers() -> String {
+    format!(
         r#"mkdir -p /tmp/agent-bin && ln -sf "$(command -v {IPROUTE2})" /tmp/agent-bin/ip
 export PATH=/tmp/agent-bin:$PATH
 # The agent listens on loopback, which the virtual host's init leaves down.
 ip link set lo up
 A=http://127.0.0.1:8470
-rm -rf /tmp/agent-state; mkdir -p /tmp/agent-state
+rm -rf $STATE; mkdir -p $STATE
 start_agent() {{
-    stratus-agent --state-dir /tmp/agent-state --listen 127.0.0.1:8470 --vmm "$(command -v stratus-vmm)" \
-        >>/tmp/agent.out 2>>/tmp/agent.err &
+    stratus-agent --state-dir $STATE --listen 127.0.0.1:8470 --vmm "$(command -v stratus-vmm)" \
+        >>$STATE.out 2>>$STATE.err &
     AGENT_PID=$!
     waited=0
     while ! curl -s -o /dev/null "$A/v1/health"; do
         sleep 1; waited=$((waited + 1))
-        [ "$waited" -lt 60 ] || {{ echo "AGENT start timeout"; sed 's/^/AGENT-ERR /' /tmp/agent.err; return 1; }}
+        [ "$waited" -lt 180 ] || {{ echo "$TAG start timeout"; sed 's/^/$TAG-ERR /' $STATE.err; return 1; }}
     done
-    echo "AGENT started pid=$AGENT_PID"
+    echo "$TAG started pid=$AGENT_PID"
 }}
 # api METHOD PATH [BODY]: prints the body, then " status=CODE" on the same line.
 api() {{
-    curl -s -S --max-time 60 -H "Authorization: Bearer $(cat /tmp/agent-state/api-token)" \
+    curl -s -S --max-time 60 -H "Authorization: Bearer $(cat $STATE/api-token)" \
         -H 'Content-Type: application/json' -X "$1" -w ' status=%{{http_code}}' \
         --data-binary "${{3:-}}" "$A$2"
     echo
@@ -66,17 +69,27 @@ wait_state() {{
     while now=$(state $1) && [ "$now" != "$2" ]; do
         case "$now" in
             stopped|terminated)
-                echo "AGENT wait $1 $2 failed now=$now $(api GET /v1/instances/$1)"
-                sed "s/^/AGENT-VMM-LOG $1 /" /tmp/agent-state/instances/$1/vmm.log 2>/dev/null | tail -n 20
-                tail -c 3000 /tmp/agent-state/instances/$1/console.log | sed "s/^/AGENT-CONSOLE $1 /"
+                echo "$TAG wait $1 $2 failed now=$now $(api GET /v1/instances/$1)"
+                sed "s/^/$TAG-VMM-LOG $1 /" $STATE/instances/$1/vmm.log 2>/dev/null | tail -n 20
+                tail -c 3000 $STATE/instances/$1/console.log | sed "s/^/$TAG-CONSOLE $1 /"
                 return 1 ;;
         esac
         sleep 2; waited=$((waited + 2))
-        [ "$waited" -lt "$3" ] || {{ echo "AGENT wait $1 $2 timeout now=$now"; tail -c 2000 /tmp/agent-state/instances/$1/console.log | sed "s/^/AGENT-CONSOLE $1 /"; return 1; }}
+        [ "$waited" -lt "$3" ] || {{ echo "$TAG wait $1 $2 timeout now=$now"; tail -c 2000 $STATE/instances/$1/console.log | sed "s/^/$TAG-CONSOLE $1 /"; return 1; }}
     done
-    echo "AGENT wait $1 $2 ok after=$waited"
+    echo "$TAG wait $1 $2 ok after=$waited"
 }}
-start_agent
+"#
+    )
+}
+
+/// Adds the scenario; `manifest` is an AMI bundle's manifest in the host.
+pub fn add_cases(script: &mut Script, manifest: &str) {
+    let helpers = shell_helpers();
+    let text = format!(
+        r#"STATE=/tmp/agent-state
+TAG=AGENT
+{helpers}start_agent || exit 1
 IMG=$(field "$(api POST /v1/images '{{"manifest_path": "{manifest}"}}')" image_id)
 SUB=$(field "$(api POST /v1/subnets '{{"cidr_block": "{SUBNET}"}}')" subnet_id)
 SG=$(field "$(api POST /v1/security-groups '{{"group_name": "web", "description": "web tier"}}')" group_id)
@@ -96,7 +109,7 @@ echo "AGENT idempotent $(printf '%s' "$AGAIN" | grep -o '"instance_id": *"i-[0-9
 wait_state $I2 running 600
 for i in $I1 $I2; do
     echo "AGENT describe $(api GET /v1/instances/$i)"
-    echo "AGENT sg $i $(cat /tmp/agent-state/instances/$i/sg.json)"
+    echo "AGENT sg $i $(cat $STATE/instances/$i/sg.json)"
 done
 echo "AGENT health-running $(curl -s $A/v1/health)"
 # The instance check: each guest answers its VMM's ARP probes (every 5 s).
@@ -112,12 +125,12 @@ echo "AGENT pushes-before $(curl -s $A/metrics | grep '^stratus_agent_rule_pushe
 api POST /v1/security-groups/$SG/authorize-ingress '{{"ip_permissions": [{{"ip_protocol": "udp", "from_port": 9090, "to_port": 9090, "ip_ranges": [{{"cidr_ip": "10.0.0.0/8"}}]}}]}}' >/dev/null
 echo "AGENT pushes $(curl -s $A/metrics | grep '^stratus_agent_rule_pushes_total')"
 for i in $I1 $I2; do
-    echo "AGENT vmm-rules $i $(curl -s --unix-socket /tmp/agent-state/instances/$i/api.sock http://localhost/metrics | grep '^stratus_vmm_sg_rule_packets_total' | grep 'direction="ingress"' | tr '\n' ' ')"
+    echo "AGENT vmm-rules $i $(curl -s --unix-socket $STATE/instances/$i/api.sock http://localhost/metrics | grep '^stratus_vmm_sg_rule_packets_total' | grep 'direction="ingress"' | tr '\n' ' ')"
 done
 echo "AGENT console $I1 $(api GET "/v1/instances/$I1/console?bytes=100000" | grep -o 'STRATUS-AMI-BOOTED[^\\]*' | head -n1)"
 # kill -9 of the agent, then a new one on the same state.
 kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
-start_agent
+start_agent || exit 1
 echo "AGENT after-restart $I1=$(state $I1) $I2=$(state $I2)"
 echo "AGENT adopted $(curl -s $A/metrics | grep '^stratus_agent_vmms_adopted_total')"
 for i in $I1 $I2; do echo "AGENT describe-after $(api GET /v1/instances/$i)"; done
@@ -144,12 +157,12 @@ wait_state $I2 terminated 300
 for i in $I1 $I2; do
     tap=$(field "$(api GET /v1/instances/$i)" tap)
     if ip link show dev "$tap" >/dev/null 2>&1; then echo "AGENT leftover tap $tap"; else echo "AGENT tap-gone $tap"; fi
-    if [ -e /tmp/agent-state/instances/$i ]; then echo "AGENT leftover dir $i"; else echo "AGENT dir-gone $i"; fi
+    if [ -e $STATE/instances/$i ]; then echo "AGENT leftover dir $i"; else echo "AGENT dir-gone $i"; fi
     echo "AGENT describe-terminated $(api GET /v1/instances/$i)"
 done
 echo "AGENT subnet-delete $(api DELETE /v1/subnets/$SUB)"
 kill -TERM $AGENT_PID; wait $AGENT_PID; echo "AGENT sigterm-exit status=$?"
-sed 's/^/AGENT-ERR /' /tmp/agent.err | tail -n 80
+sed 's/^/AGENT-ERR /' $STATE.err | tail -n 80
 "#
     );
     script.line("cat > /tmp/agent-e2e.sh <<'STRATUS-EOF'");
