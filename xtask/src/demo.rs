@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: boot the tiny guest under stratus-vmm and show it.
+//! `cargo xtask demo --vmm-only`: boot the tiny guest under stratus-vmm and show it.
 
 use std::process::Command;
 

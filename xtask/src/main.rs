@@ -1,8 +1,9 @@
 //! `cargo xtask <command>`: the project's automation.
 //!
-//! - `demo`: build stratus-vmm and the tiny image, boot it, show the guest
-//!   console (inside the virtual host when this machine cannot run stock
-//!   kernels on its own `/dev/kvm`).
+//! - `demo`: start stratus-agent (in the virtual host without hardware
+//!   virtualization) and run a Debian AMI instance through the `stratus`
+//!   CLI, showing its console, metadata and status checks; `demo
+//!   --vmm-only` boots the tiny image under stratus-vmm alone.
 //! - `test`: everything CI runs, in one command.
 //! - `images`: build the guest images into the cache.
 //! - `bench boot`: boot-time benchmark against QEMU microvm (and
@@ -19,6 +20,7 @@ mod bench_memory;
 mod bench_net;
 mod bench_start;
 mod demo;
+mod demo_agent;
 mod fuzz;
 mod steps;
 mod test;
@@ -37,12 +39,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build stratus-vmm and the tiny image and boot it, showing the console.
+    /// Start stratus-agent and run a Debian AMI instance through the
+    /// `stratus` CLI, showing its console, its metadata and its status
+    /// checks; `--vmm-only` boots the tiny image under stratus-vmm alone.
     Demo {
-        /// vCPUs of the demo guest.
+        /// Boot the tiny image under stratus-vmm only (no agent, no AMI).
+        #[arg(long)]
+        vmm_only: bool,
+        /// The demo instance's type.
+        #[arg(long, default_value = "t3.micro")]
+        instance_type: String,
+        /// vCPUs of the `--vmm-only` guest.
         #[arg(long, default_value_t = 1)]
         vcpus: u32,
-        /// Memory of the demo guest in MiB.
+        /// Memory of the `--vmm-only` guest in MiB.
         #[arg(long, default_value_t = 256)]
         memory: u32,
     },
@@ -130,7 +140,13 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { vcpus, memory } => demo::run(vcpus, memory),
+        Command::Demo {
+            vmm_only: true,
+            vcpus,
+            memory,
+            ..
+        } => demo::run(vcpus, memory),
+        Command::Demo { instance_type, .. } => demo_agent::run(&instance_type),
         Command::Test { no_e2e } => test::run(!no_e2e),
         Command::Images => steps::images().map(|_| ()),
         Command::Bench {
