@@ -10,10 +10,9 @@
 //! `--vmm` naming no file, a launch records the instance `pending`, fails
 //! to start the VMM and records it `terminated` with the reason.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
+
+use common::{bundle, privileged, Agent};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,147 +171,51 @@ fn assert_shape(report: &Value) {
     assert!(health["reporting"]["url"].is_string(), "{report}");
 }
 
-/// A running agent with its own state directory; killed on drop.
-struct Agent {
-    child: Option<Child>,
-    dir: PathBuf,
-    args: Vec<String>,
-    addr: String,
-    token: String,
-    bridges: Vec<String>,
-}
-
-impl Agent {
-    fn start(name: &str, args: &[&str]) -> Agent {
-        let dir = std::env::temp_dir().join(format!(
-            "stratus-agent-report-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut agent = Agent {
-            child: None,
-            dir,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            addr: String::new(),
-            token: String::new(),
-            bridges: Vec::new(),
-        };
-        agent.spawn();
-        agent
-    }
-
-    fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stratus-agent"))
-            .arg("--state-dir")
-            .arg(&self.dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start stratus-agent");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.addr = line
-            .trim()
-            .strip_prefix("stratus-agent: listening on ")
-            .unwrap_or_else(|| panic!("agent said {line:?}"))
-            .to_string();
-        self.token = std::fs::read_to_string(self.dir.join("api-token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        self.child = Some(child);
-    }
-
-    /// SIGTERM; how long the agent took to exit, and whether it exited 0.
-    fn terminate(&mut self) -> (Duration, bool) {
-        let mut child = self.child.take().expect("a running agent");
-        let pid = i32::try_from(child.id()).unwrap();
-        let start = Instant::now();
-        // SAFETY: kill with a pid we own (not yet waited for) and a valid
-        // signal number.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (start.elapsed(), status.success());
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return (start.elapsed(), false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// SIGTERM; how long the agent took to exit, and whether it exited 0.
+fn terminate(agent: &mut Agent) -> (Duration, bool) {
+    let mut child = agent.child.take().expect("a running agent");
+    let pid = i32::try_from(child.id()).unwrap();
+    let start = Instant::now();
+    // SAFETY: kill with a pid we own (not yet waited for) and a valid
+    // signal number.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (start.elapsed(), status.success());
         }
-    }
-
-    /// One request; (status, whole body text).
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nAuthorization: Bearer {}\r\n",
-            self.token
-        );
-        if !body.is_empty() {
-            req.push_str("Content-Type: application/json\r\n");
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (start.elapsed(), false);
         }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        s.write_all(req.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let status: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let text = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, text.to_string())
-    }
-
-    /// A JSON call that must answer `want`.
-    fn ok(&self, method: &str, path: &str, body: Option<Value>, want: u16) -> Value {
-        let (status, text) = self.request(method, path, body.as_ref());
-        // A chunked body's framing lines are not JSON: take the JSON part.
-        let json = text.find(['{', '[']).map_or("", |i| &text[i..]);
-        let json = json.rfind(['}', ']']).map_or("", |j| &json[..=j]);
-        let v = serde_json::from_str(json).unwrap_or(Value::Null);
-        assert_eq!(status, want, "{method} {path}: {text}");
-        v
-    }
-
-    fn health(&self) -> Value {
-        self.ok("GET", "/v1/health", None, 200)
-    }
-
-    /// The value of the unlabelled metric `name` in `GET /metrics`.
-    fn metric(&self, name: &str) -> f64 {
-        let (status, text) = self.request("GET", "/metrics", None);
-        assert_eq!(status, 200);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for b in &self.bridges {
-            let _ = Command::new("ip").args(["link", "del", b]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn health_of(agent: &Agent) -> Value {
+    agent.ok("GET", "/v1/health", None, 200)
+}
+
+/// `GET /metrics` as text.
+fn metrics_text(agent: &Agent) -> String {
+    let (status, _, text) = agent.get_open("/metrics");
+    assert_eq!(status, 200);
+    text
+}
+
+/// The value of the unlabelled metric `name` in `GET /metrics`.
+fn metric(agent: &Agent, name: &str) -> f64 {
+    let text = metrics_text(agent);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[test]
 fn periodic_reports_arrive_with_rising_sequence_numbers() {
     let receiver = Receiver::start(0, Mode::Up);
     let url = receiver.url();
-    let agent = Agent::start(
+    let agent = Agent::start_with_args(
         "periodic",
         &["--report-url", &url, "--report-interval-secs", "1"],
     );
@@ -330,7 +235,7 @@ fn periodic_reports_arrive_with_rising_sequence_numbers() {
         gap >= Duration::from_millis(1500) && gap <= Duration::from_secs(6),
         "two intervals took {gap:?}"
     );
-    let health = agent.health();
+    let health = health_of(&agent);
     let reporting = &health["reporting"];
     assert_eq!(reporting["url"], url.as_str(), "{health}");
     assert!(reporting["last_success_at"].is_string(), "{health}");
@@ -340,12 +245,12 @@ fn periodic_reports_arrive_with_rising_sequence_numbers() {
     );
     assert_eq!(reporting["dropped"], 0, "{health}");
     assert_eq!(reporting["last_error"], Value::Null, "{health}");
-    assert!(agent.metric("stratus_agent_reports_sent_total") >= 4.0);
-    assert_eq!(agent.metric("stratus_agent_report_failures_total"), 0.0);
-    assert_eq!(agent.metric("stratus_agent_reports_dropped_total"), 0.0);
-    assert!(agent.metric("stratus_agent_report_backlog") <= 1.0);
+    assert!(metric(&agent, "stratus_agent_reports_sent_total") >= 4.0);
+    assert_eq!(metric(&agent, "stratus_agent_report_failures_total"), 0.0);
+    assert_eq!(metric(&agent, "stratus_agent_reports_dropped_total"), 0.0);
+    assert!(metric(&agent, "stratus_agent_report_backlog") <= 1.0);
     // Each metric's samples follow its own HELP and TYPE lines.
-    let (_, text) = agent.request("GET", "/metrics", None);
+    let text = metrics_text(&agent);
     let lines: Vec<&str> = text.lines().collect();
     for (name, kind) in [
         ("stratus_agent_reports_sent_total", "counter"),
@@ -367,11 +272,11 @@ fn periodic_reports_arrive_with_rising_sequence_numbers() {
 
 #[test]
 fn without_a_report_url_health_says_so() {
-    let agent = Agent::start("none", &[]);
-    let health = agent.health();
+    let agent = Agent::start_with_args("none", &[]);
+    let health = health_of(&agent);
     assert_eq!(health["reporting"], Value::Null, "{health}");
-    assert_eq!(agent.metric("stratus_agent_reports_sent_total"), 0.0);
-    assert_eq!(agent.metric("stratus_agent_report_backlog"), 0.0);
+    assert_eq!(metric(&agent, "stratus_agent_reports_sent_total"), 0.0);
+    assert_eq!(metric(&agent, "stratus_agent_report_backlog"), 0.0);
 }
 
 #[test]
@@ -384,12 +289,12 @@ fn a_receiver_that_was_away_gets_every_report_in_order() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/reports");
-    let agent = Agent::start(
+    let agent = Agent::start_with_args(
         "catch-up",
         &["--report-url", &url, "--report-interval-secs", "1"],
     );
     std::thread::sleep(Duration::from_secs(2));
-    let health = agent.health();
+    let health = health_of(&agent);
     let reporting = &health["reporting"];
     assert_eq!(reporting["last_success_at"], Value::Null, "{health}");
     assert!(
@@ -403,7 +308,7 @@ fn a_receiver_that_was_away_gets_every_report_in_order() {
     receiver.wait_for(Duration::from_secs(15), "a refused attempt", |_| {
         receiver.refused() > 0
     });
-    let health = agent.health();
+    let health = health_of(&agent);
     assert!(
         health["reporting"]["last_error"]
             .as_str()
@@ -412,8 +317,8 @@ fn a_receiver_that_was_away_gets_every_report_in_order() {
     );
     let owed = usize::try_from(health["reporting"]["backlog"].as_u64().unwrap()).unwrap();
     assert!(owed >= 3, "{health}");
-    assert!(agent.metric("stratus_agent_report_failures_total") >= 2.0);
-    assert!(agent.metric("stratus_agent_report_backlog") >= 3.0);
+    assert!(metric(&agent, "stratus_agent_report_failures_total") >= 2.0);
+    assert!(metric(&agent, "stratus_agent_report_backlog") >= 3.0);
 
     receiver.set_mode(Mode::Up);
     // The backlog first, then new reports: every number from 1, in order,
@@ -436,7 +341,7 @@ fn a_receiver_that_was_away_gets_every_report_in_order() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let health = loop {
-        let h = agent.health();
+        let h = health_of(&agent);
         if h["reporting"]["backlog"].as_u64() == Some(0) || Instant::now() > deadline {
             break h;
         }
@@ -451,14 +356,14 @@ fn a_receiver_that_was_away_gets_every_report_in_order() {
         reporting["last_sequence_delivered"].as_u64() >= seq.last().copied(),
         "{health}"
     );
-    assert!(agent.metric("stratus_agent_reports_sent_total") >= seq.len() as f64);
+    assert!(metric(&agent, "stratus_agent_reports_sent_total") >= seq.len() as f64);
 }
 
 #[test]
 fn sequence_numbers_rise_across_restarts_and_a_hung_receiver_does_not_hold_shutdown() {
     let receiver = Receiver::start(0, Mode::Up);
     let url = receiver.url();
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_with_args(
         "restart",
         &["--report-url", &url, "--report-interval-secs", "1"],
     );
@@ -468,7 +373,7 @@ fn sequence_numbers_rise_across_restarts_and_a_hung_receiver_does_not_hold_shutd
     receiver.set_mode(Mode::Hang);
     std::thread::sleep(Duration::from_millis(1500));
     let before = sequences(&receiver.reports());
-    let (took, clean) = agent.terminate();
+    let (took, clean) = terminate(&mut agent);
     assert!(clean, "the agent did not exit 0 on SIGTERM");
     assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
 
@@ -491,20 +396,15 @@ fn sequence_numbers_rise_across_restarts_and_a_hung_receiver_does_not_hold_shutd
 
 #[test]
 fn a_state_change_is_reported_at_once() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the state-change test needs root (a bridge and a tap) and CI runs as root"
-        );
-        eprintln!("skipping: a state change needs root (a bridge and a tap)");
+    // A state change needs an instance, so a subnet's bridge and a tap.
+    if !privileged() {
         return;
     }
     let receiver = Receiver::start(0, Mode::Up);
     let url = receiver.url();
     // An hour between periodic reports: after the first (at start) any
     // report is a state change's. No VMM: the launch fails at once.
-    let mut agent = Agent::start(
+    let mut agent = Agent::start_with_args(
         "state-change",
         &[
             "--report-url",
@@ -520,20 +420,10 @@ fn a_state_change_is_reported_at_once() {
     });
 
     // What an instance needs; none of it is a state change.
-    let bundle = agent.dir.join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    std::fs::write(bundle.join("disk.qcow2"), b"QFI\xfb").unwrap();
-    std::fs::write(
-        bundle.join("manifest.json"),
-        r#"{"id": "ami-0123456789abcdef0", "name": "debian-12", "architecture": "x86_64",
-            "root_device": {"image": "disk.qcow2", "format": "qcow2"},
-            "boot_mode": "direct-kernel-from-disk", "kernel_cmdline": "console=ttyS0"}"#,
-    )
-    .unwrap();
     let image = agent.ok(
         "POST",
         "/v1/images",
-        Some(json!({"manifest_path": bundle.join("manifest.json")})),
+        Some(json!({"manifest_path": bundle(&agent.dir)})),
         201,
     );
     let subnet = agent.ok(

@@ -3,7 +3,7 @@
 //! links it made removed, on drop), a raw HTTP/1.1 client over
 //! `TcpStream`, and a fake AMI bundle.
 //!
-//! Each test binary (`api.rs`, `cli.rs`) compiles this module on its own
+//! Each test binary (`api.rs`, `cli.rs`, `reporting.rs`) compiles this module on its own
 //! and uses a different part of it, hence the `dead_code` allowance.
 
 #![allow(dead_code)]
