@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod http_url;
 pub mod identity;
 pub mod metrics;
 pub mod model;

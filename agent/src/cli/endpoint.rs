@@ -4,7 +4,7 @@
 //! the client has no TLS stack, so an `https://` URL is refused rather
 //! than tried in the clear.
 
-use hyper::Uri;
+use stratus_agent::http_url::{check_http_url, UrlProblem};
 
 /// Why an endpoint is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,28 +49,19 @@ impl Endpoint {
         } else {
             format!("http://{text}")
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| EndpointError::NotAUrl(text.to_string()))?;
-        match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => {}
-            Some(s) if s.eq_ignore_ascii_case("https") => {
-                return Err(EndpointError::Https(text.to_string()))
-            }
-            Some(s) => {
-                return Err(EndpointError::Scheme {
-                    url: text.to_string(),
-                    scheme: s.to_string(),
-                })
-            }
-            None => return Err(EndpointError::NotAUrl(text.to_string())),
-        }
+        let uri = check_http_url(&url).map_err(|problem| match problem {
+            UrlProblem::NotAUrl | UrlProblem::NoScheme => EndpointError::NotAUrl(text.to_string()),
+            UrlProblem::Https => EndpointError::Https(text.to_string()),
+            UrlProblem::Scheme(scheme) => EndpointError::Scheme {
+                url: text.to_string(),
+                scheme,
+            },
+            UrlProblem::NoHost => EndpointError::NoHost(text.to_string()),
+            UrlProblem::UserInfo => EndpointError::UserInfo,
+        })?;
         let authority = uri
             .authority()
             .ok_or_else(|| EndpointError::NoHost(text.to_string()))?;
-        if authority.as_str().contains('@') {
-            return Err(EndpointError::UserInfo);
-        }
         if uri.query().is_some() {
             return Err(EndpointError::Query(text.to_string()));
         }

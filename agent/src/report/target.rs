@@ -14,6 +14,8 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::http_url::{check_http_url, UrlProblem};
+
 /// Why a `--report-url` is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
@@ -43,31 +45,17 @@ pub struct Target {
 impl Target {
     /// Accepts `http://HOST[:PORT][/PATH][?QUERY]` only.
     pub fn parse(url: &str) -> Result<Self, TargetError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| TargetError::NotAUrl(url.to_string()))?;
-        match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => {}
-            Some(s) if s.eq_ignore_ascii_case("https") => {
-                return Err(TargetError::Https(url.to_string()))
-            }
-            Some(s) => {
-                return Err(TargetError::Scheme {
-                    url: url.to_string(),
-                    scheme: s.to_string(),
-                })
-            }
-            None => return Err(TargetError::NoScheme(url.to_string())),
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| TargetError::NoHost(url.to_string()))?;
-        if authority.as_str().contains('@') {
-            return Err(TargetError::UserInfo);
-        }
-        if authority.host().is_empty() {
-            return Err(TargetError::NoHost(url.to_string()));
-        }
+        let uri = check_http_url(url).map_err(|problem| match problem {
+            UrlProblem::NotAUrl => TargetError::NotAUrl(url.to_string()),
+            UrlProblem::Https => TargetError::Https(url.to_string()),
+            UrlProblem::Scheme(scheme) => TargetError::Scheme {
+                url: url.to_string(),
+                scheme,
+            },
+            UrlProblem::NoScheme => TargetError::NoScheme(url.to_string()),
+            UrlProblem::NoHost => TargetError::NoHost(url.to_string()),
+            UrlProblem::UserInfo => TargetError::UserInfo,
+        })?;
         Ok(Self { uri })
     }
 
