@@ -97,8 +97,10 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         .report
         .as_ref()
         .map(|r| Arc::new(report::Reporting::new(r)));
+    let reader = store::Reader::open(&config.state_dir)?;
     let app = Arc::new(App {
         store: Arc::new(Mutex::new(store)),
+        reader: Arc::new(Mutex::new(reader)),
         metrics: Mutex::new(metrics::ApiMetrics::default()),
         token: Some(token),
         started: Instant::now(),

@@ -243,7 +243,11 @@ pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
     Ok(json!({
         "agent_version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
-        "host": {"vcpus": cpus, "memory_mib": memory_mib},
+        "host": {
+            "vcpus": cpus,
+            "memory_mib": memory_mib,
+            "instance_memory_mib": crate::host::instance_memory_mib(),
+        },
         "allocated": {"vcpus": allocated_vcpus, "memory_mib": allocated_mib},
         "instances": by_state,
         "instance_statuses": statuses,

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{now_rfc3339, App, Body};
+use super::{now_rfc3339, App, Body, NoParams, Params, PathParam};
 use crate::error::ApiError;
 use crate::model::ids::{self, Kind};
 use crate::model::image::{read_bundle, Image};
@@ -62,7 +62,10 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(image)))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Params(NoParams {}): Params<NoParams>,
+) -> Result<Json<Value>, ApiError> {
     let images: Vec<Image> = app.read(|tx| Ok(tx.list(Table::Images)?)).await?;
     Ok(Json(json!({ "images": images })))
 }
@@ -73,7 +76,7 @@ fn checked_id(id: &str) -> Result<(), ApiError> {
 
 pub async fn describe(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Image>, ApiError> {
     checked_id(&id)?;
     app.read(move |tx| {
@@ -86,7 +89,7 @@ pub async fn describe(
 
 pub async fn deregister(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
     app.write(move |tx| {

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use stratus_devices::net::metadata::{HttpEndpoint, HttpTokens, MetadataOptions};
 
-use super::{now_rfc3339, App, Body};
+use super::{now_rfc3339, App, Body, Params, PathParam};
 use crate::error::ApiError;
 use crate::host::tap;
 use crate::model::cidr::Cidr;
@@ -129,11 +129,6 @@ fn metadata_options(m: Option<MetadataOptionsIn>) -> Result<MetadataOptions, Api
     Ok(out)
 }
 
-/// The host's memory that instances may use: all but 1 GiB for the host.
-fn memory_capacity_mib() -> u64 {
-    crate::host::memory_total_mib().saturating_sub(1024)
-}
-
 pub async fn run(
     State(app): State<Arc<App>>,
     Body(req): Body<RunInstances>,
@@ -179,7 +174,7 @@ pub async fn run(
         None => None,
     };
     let options = metadata_options(req.metadata_options)?;
-    let capacity = memory_capacity_mib();
+    let capacity = crate::host::instance_memory_mib();
     let sup = app.supervisor.clone();
     let app2 = Arc::clone(&app);
     let instances = app
@@ -351,7 +346,7 @@ pub struct Filters {
 
 pub async fn list(
     State(app): State<Arc<App>>,
-    Query(f): Query<Filters>,
+    Params(f): Params<Filters>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(s) = &f.state {
         if !St::ALL.iter().any(|st| st.name() == s) {
@@ -387,7 +382,7 @@ fn not_found(id: &str) -> ApiError {
 
 pub async fn describe(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
     app.read(move |tx| {
@@ -411,7 +406,7 @@ fn incorrect(inst: &Instance, action: &str) -> ApiError {
 
 pub async fn stop(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
     let inst = app
@@ -437,7 +432,7 @@ pub async fn stop(
 
 pub async fn start(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
     let sup = app.supervisor.clone();
@@ -465,7 +460,7 @@ pub async fn start(
 
 pub async fn reboot(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
     let inst: Instance = app
@@ -495,7 +490,7 @@ pub async fn reboot(
 
 pub async fn terminate(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     checked_id(&id)?;
     let sup = app.supervisor.clone();
@@ -549,7 +544,7 @@ pub struct ModifySecurityGroups {
 /// `security-group-ids`). Giving the groups it has already is a no-op.
 pub async fn modify_security_groups(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     Body(req): Body<ModifySecurityGroups>,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
@@ -591,8 +586,8 @@ pub struct ConsoleQuery {
 
 pub async fn console(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    Query(q): Query<ConsoleQuery>,
+    PathParam(id): PathParam,
+    Params(q): Params<ConsoleQuery>,
 ) -> Result<Json<Value>, ApiError> {
     checked_id(&id)?;
     let want = q.bytes.unwrap_or(64 * 1024).clamp(1, 1 << 20);

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{now_rfc3339, App, Body};
+use super::{now_rfc3339, App, Body, NoParams, Params, PathParam};
 use crate::error::ApiError;
 use crate::model::ids::{self, Kind};
 use crate::model::key_pair::{check_name, parse_public_key, KeyPair};
@@ -60,14 +60,17 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(pair)))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Params(NoParams {}): Params<NoParams>,
+) -> Result<Json<Value>, ApiError> {
     let pairs: Vec<KeyPair> = app.read(|tx| Ok(tx.list(Table::KeyPairs)?)).await?;
     Ok(Json(json!({ "key_pairs": pairs })))
 }
 
 pub async fn describe(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Json<KeyPair>, ApiError> {
     app.read(move |tx| {
         let id = tx.id_by(Table::KeyPairs, "key_name", &name)?;
@@ -83,7 +86,7 @@ pub async fn describe(
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<StatusCode, ApiError> {
     app.write(move |tx| {
         let Some(id) = tx.id_by(Table::KeyPairs, "key_name", &name)? else {

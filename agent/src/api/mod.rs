@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
 use crate::model::security_group::Direction;
-use crate::store::{Store, Tx};
+use crate::store::{Reader, Store, Tx};
 
 /// The OpenAPI document of this API.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -77,7 +78,10 @@ const OPEN_ROUTES: &[&str] = &["/v1/health", "/metrics", "/v1/identity-certifica
 /// What every handler shares.
 #[derive(Debug)]
 pub struct App {
+    /// Writes, and reads that guard a write.
     pub store: Arc<Mutex<Store>>,
+    /// Reads alone (describes, health): never behind a writer.
+    pub reader: Arc<Mutex<Reader>>,
     pub metrics: Mutex<ApiMetrics>,
     /// The bearer token; `None` only in tests of the API's own plumbing.
     pub token: Option<String>,
@@ -100,37 +104,39 @@ impl App {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.blocking(move |store| store.write(f)).await
+        let store = Arc::clone(&self.store);
+        off_async_threads(move || lock(&store).write(f)).await
     }
 
-    /// Runs `f` in a read transaction.
+    /// Runs `f` in a read transaction on the reading connection: it sees
+    /// every write committed before it began and waits for none.
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.blocking(move |store| store.read(f)).await
-    }
-
-    async fn blocking<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&mut lock(&store)))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    e.to_string(),
-                )
-            })?
+        let reader = Arc::clone(&self.reader);
+        off_async_threads(move || lock(&reader).read(f)).await
     }
 }
 
-/// The store's lock; a panic while it was held leaves the connection in
-/// a valid state (SQLite rolls back an unfinished transaction).
-pub fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+/// Runs `f` on tokio's blocking pool: database calls wait for the disk
+/// (and for each other), which must not stall the threads serving requests.
+async fn off_async_threads<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?
+}
+
+/// A database connection's lock; a panic while it was held leaves the
+/// connection in a valid state (SQLite rolls back an unfinished
+/// transaction).
+pub fn lock<C>(store: &Mutex<C>) -> std::sync::MutexGuard<'_, C> {
     store
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -159,6 +165,48 @@ fn rejection(e: JsonRejection) -> ApiError {
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, "InvalidRequest", e.body_text())
+}
+
+/// A query string whose rejections (a parameter the route does not take,
+/// a value of the wrong type, bytes that are not UTF-8) are 400s in the
+/// API's error format; axum's own `Query` answers those in plain text.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Params(v)),
+            Err(e) => Err(ApiError::new(e.status(), "InvalidRequest", e.body_text())),
+        }
+    }
+}
+
+/// The query of a route that takes no parameters: any is refused (as
+/// the routes with parameters refuse ones they do not know), so that a
+/// misspelt filter is not silently ignored and answered with everything.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The one path parameter of a route, as text, whose rejection (bytes
+/// that are not UTF-8 once percent-decoded) is a 400 in the API's error
+/// format; axum's own `Path` answers it in plain text.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(PathParam(v)),
+            // 400 for the client's bytes; a route wired wrongly stays 500.
+            Err(e) => Err(ApiError::new(e.status(), "InvalidRequest", e.body_text())),
+        }
+    }
 }
 
 /// The router with every route, authentication and metrics.

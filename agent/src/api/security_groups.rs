@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{now_rfc3339, App, Body};
+use super::{now_rfc3339, App, Body, NoParams, Params, PathParam};
 use crate::error::ApiError;
 use crate::model::ids::{self, Kind};
 use crate::model::security_group::{
@@ -96,7 +96,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(group.into())))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Params(NoParams {}): Params<NoParams>,
+) -> Result<Json<Value>, ApiError> {
     let groups: Vec<SecurityGroup> = app.read(|tx| Ok(tx.list(Table::SecurityGroups)?)).await?;
     let views: Vec<GroupView> = groups.into_iter().map(GroupView::from).collect();
     Ok(Json(json!({ "security_groups": views })))
@@ -123,7 +126,7 @@ fn load(tx: &Tx<'_>, id: &str) -> Result<SecurityGroup, ApiError> {
 
 pub async fn describe(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<GroupView>, ApiError> {
     checked_id(&id)?;
     app.read(move |tx| Ok(Json(load(tx, &id)?.into()))).await
@@ -131,7 +134,7 @@ pub async fn describe(
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
     app.write(move |tx| {
@@ -240,12 +243,9 @@ async fn change(
 pub fn rule_change(
     direction: Direction,
     authorize: bool,
-) -> impl Fn(State<Arc<App>>, Path<String>, Body<Permissions>) -> ChangeFuture
-       + Clone
-       + Send
-       + Sync
-       + 'static {
-    move |State(app), Path(id), Body(req)| Box::pin(change(app, id, direction, authorize, req))
+) -> impl Fn(State<Arc<App>>, PathParam, Body<Permissions>) -> ChangeFuture + Clone + Send + Sync + 'static
+{
+    move |State(app), PathParam(id), Body(req)| Box::pin(change(app, id, direction, authorize, req))
 }
 
 /// What [`rule_change`]'s handlers return.

@@ -11,13 +11,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{now_rfc3339, App, Body};
+use super::{now_rfc3339, App, Body, NoParams, Params, PathParam};
 use crate::error::ApiError;
 use crate::host::bridge::{self, BridgeError};
 use crate::model::cidr::Cidr;
@@ -119,7 +119,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(subnet)))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Params(NoParams {}): Params<NoParams>,
+) -> Result<Json<Value>, ApiError> {
     let subnets: Vec<Subnet> = app.read(|tx| Ok(tx.list(Table::Subnets)?)).await?;
     Ok(Json(json!({ "subnets": subnets })))
 }
@@ -130,7 +133,7 @@ fn checked_id(id: &str) -> Result<(), ApiError> {
 
 pub async fn describe(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Subnet>, ApiError> {
     checked_id(&id)?;
     app.read(move |tx| {
@@ -143,7 +146,7 @@ pub async fn describe(
 
 pub async fn delete(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<StatusCode, ApiError> {
     checked_id(&id)?;
     let subnet = app

@@ -18,3 +18,14 @@ pub fn memory_total_mib() -> u64 {
         .unwrap_or(0);
     kib / 1024
 }
+
+/// Memory kept for the host itself (the agent, the VMMs' own overhead,
+/// the page cache the overlays live in): instances never get it.
+pub const HOST_RESERVED_MIB: u64 = 1024;
+
+/// The host's memory that instances may be given: all but
+/// [`HOST_RESERVED_MIB`]. Launches are refused past it, and health shows
+/// it so a client can tell how many instances still fit.
+pub fn instance_memory_mib() -> u64 {
+    memory_total_mib().saturating_sub(HOST_RESERVED_MIB)
+}

@@ -52,14 +52,41 @@ pub struct Bundle {
     pub kernel_cmdline: String,
 }
 
+/// The largest manifest read. A manifest is a few hundred bytes; the
+/// limit keeps a path to something endless (`/dev/zero`, `/proc/kcore`)
+/// from filling the agent's memory.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The text of the manifest at `path`: a regular file only, since opening
+/// a FIFO waits for a writer (holding up the request, and a thread of the
+/// API, for good) and a device may never end.
+fn read_manifest(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read the manifest `{path}`: {e}");
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(format!("the manifest `{path}` is not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "the manifest `{path}` is over {MAX_MANIFEST_BYTES} bytes"
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads and checks the bundle whose manifest is at `path` (absolute).
 pub fn read_bundle(path: &str) -> Result<Bundle, String> {
     let manifest_path = Path::new(path);
     if !manifest_path.is_absolute() {
         return Err(format!("manifest_path `{path}` must be absolute"));
     }
-    let text = std::fs::read_to_string(manifest_path)
-        .map_err(|e| format!("cannot read the manifest `{path}`: {e}"))?;
+    let text = read_manifest(path)?;
     let m: Manifest =
         serde_json::from_str(&text).map_err(|e| format!("`{path}` is not an AMI manifest: {e}"))?;
     if m.architecture != "x86_64" {
@@ -154,6 +181,13 @@ mod tests {
         }
         assert!(read_bundle("relative/manifest.json").is_err());
         assert!(read_bundle("/nonexistent/manifest.json").is_err());
+        // Not regular files: refused before they are read.
+        assert!(read_bundle("/dev/zero").is_err());
+        assert!(read_bundle(&dir.to_string_lossy()).is_err());
+        // Too big to be a manifest, however it ends.
+        let padded = format!("{good}{}", " ".repeat(1 << 20));
+        let err = read_bundle(&bundle(&dir, &padded)).unwrap_err();
+        assert!(err.contains("over"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

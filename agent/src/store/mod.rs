@@ -3,9 +3,13 @@
 //! API answers; the agent holds nothing else that would be lost with it.
 //!
 //! Resources are rows keyed by id with the resource as JSON beside the
-//! columns that need an index or a uniqueness constraint. One connection
-//! behind a mutex: a check and the write it guards run under one lock, in
-//! one transaction, so concurrent requests cannot interleave between them.
+//! columns that need an index or a uniqueness constraint. One writing
+//! connection behind a mutex: a check and the write it guards run under
+//! one lock, in one transaction, so concurrent requests cannot interleave
+//! between them. Reads that guard no write (describes, health, reports)
+//! go through a second connection, a [`Reader`]: WAL gives it the last
+//! committed state without waiting for a writer, so a describe is never
+//! held up by a launch that is starting its VMMs.
 //!
 //! A transaction that changes an instance's state says so
 //! ([`Tx::note_state_change`]); once it commits, [`Store::state_changes`]
@@ -138,6 +142,37 @@ impl Store {
     }
 
     /// Reads with the same helpers (a transaction that is never committed).
+    pub fn read<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.conn.transaction().map_err(StoreError::from)?;
+        let mut r = Tx {
+            tx,
+            state_changed: Cell::new(false),
+        };
+        f(&mut r)
+    }
+}
+
+/// A read-only connection to the same database (see the module comment).
+#[derive(Debug)]
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    /// Opens `state.db` in `dir` for reading; [`Store::open`] must have
+    /// made it (and its schema) first.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(dir.join("state.db"))?;
+        conn.pragma_update(None, "query_only", "on")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Runs `f` in a read transaction: one consistent snapshot of what was
+    /// committed when it began.
     pub fn read<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
