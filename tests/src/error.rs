@@ -79,9 +79,18 @@ pub enum Error {
         /// Where the serial log was written.
         log: PathBuf,
     },
+    /// A program inside the virtual host (the agent benchmark) met
+    /// something it cannot go on from; the text says what.
+    #[error("{0}")]
+    Message(String),
 }
 
 impl Error {
+    /// An error that is only its text.
+    pub fn msg(text: impl Into<String>) -> Error {
+        Error::Message(text.into())
+    }
+
     /// Wraps an I/O error with what was being done to which path.
     pub fn io(
         action: &'static str,

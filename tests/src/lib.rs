@@ -5,12 +5,15 @@
 //! - [`vhost`]: the virtual host, a QEMU/TCG machine with a real `kvm_amd`
 //!   inside, where stock guest kernels can run on machines whose `/dev/kvm`
 //!   cannot run them; scenarios run there (or directly on hardware KVM).
-//! - [`bench`]: the boot-time benchmark.
+//! - [`bench`]: the boot-time benchmark; [`agent_bench`]: the agent's
+//!   launch and API benchmark.
 //! - [`case`] and [`script`]: scenario scripts and the per-command records
 //!   they print; [`vmms`]: command lines for the VMMs under test.
 //!
 //! The harness never reads anything outside the repository and the cache.
 
+pub mod agent_bench;
+pub mod agent_client;
 pub mod ami_guest;
 pub mod apt;
 pub mod bench;

@@ -11,10 +11,14 @@
 //! - `bench disk`: the Debian AMI under stratus-vmm vs QEMU microvm: boot
 //!   to `multi-user.target` and fio.
 //! - `bench memory`: memory outside guest RAM with an idle guest.
+//! - `bench agent`: stratus-agent launching 1, 5 and as many Debian AMI
+//!   instances as fit, to `running` and `multi-user.target`, with describe
+//!   latency meanwhile (in the virtual host).
 //! - `bench start`: process start to API socket and to the first
 //!   `KVM_RUN`, wall and CPU time, on this machine's `/dev/kvm`.
 
 mod bench;
+mod bench_agent;
 mod bench_disk;
 mod bench_memory;
 mod bench_net;
@@ -104,6 +108,24 @@ enum BenchCommand {
         #[arg(long)]
         firecracker: Option<PathBuf>,
     },
+    /// stratus-agent: run → `running` and → guest `multi-user.target` for
+    /// 1, 5 and as many instances as fit, and describe latency (p50/p99)
+    /// meanwhile, in the virtual host.
+    Agent {
+        /// Runs per count.
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        /// Instance counts, comma-separated; `max` is as many as the
+        /// virtual host's memory allows and needs a number before it.
+        #[arg(long, default_value = "1,5,max")]
+        counts: String,
+        /// The instances' type.
+        #[arg(long, default_value = "t2.nano")]
+        instance_type: String,
+        /// The virtual host's memory in MiB.
+        #[arg(long, default_value_t = 8192)]
+        memory_mib: u32,
+    },
     /// Process start to API socket and first KVM_RUN (wall and CPU time).
     Start {
         /// Measured starts per kernel.
@@ -181,6 +203,20 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Start { runs },
         } => bench_start::start(runs),
+        Command::Bench {
+            what:
+                BenchCommand::Agent {
+                    runs,
+                    counts,
+                    instance_type,
+                    memory_mib,
+                },
+        } => bench_agent::agent(&bench_agent::AgentOptions {
+            runs,
+            counts,
+            instance_type,
+            memory_mib,
+        }),
         Command::Bench {
             what: BenchCommand::Net { runs, seconds },
         } => bench_net::net(runs, seconds),
