@@ -533,7 +533,9 @@ fn vmm_cpu_seconds(client: &AgentClient, ids: &[String]) -> Vec<f64> {
 /// How long `n` instances may take: every guest shares the virtual
 /// host's one CPU, so the limit grows with the count.
 fn deadline(n: u32) -> Duration {
-    Duration::from_secs(300 + 120 * u64::from(n))
+    // Under TCG a guest's boot costs more CPU the more guests share the
+    // CPU (54 s alone, 100 s among five): room for 300 s each.
+    Duration::from_secs(300 + 300 * u64::from(n))
 }
 
 /// Polls states and consoles until every instance is running and has
@@ -597,15 +599,25 @@ fn follow(
             return Ok(times);
         }
         if started.elapsed() > limit {
-            let waiting: Vec<&str> = times
-                .iter()
-                .filter(|t| t.running.is_none() || t.multi_user.is_none())
-                .map(|t| t.id.as_str())
-                .collect();
-            return Err(Error::msg(format!(
-                "after {} s still booting: {waiting:?}",
-                limit.as_secs()
-            )));
+            // What was seen, and where each late guest got to, so that a
+            // failed run still says something.
+            let mut text = format!("after {} s not all booted:", limit.as_secs());
+            for t in &times {
+                let _ = write!(
+                    text,
+                    "\n  {} running_s={:?} multi_user_s={:?}",
+                    t.id, t.running, t.multi_user
+                );
+                if t.running.is_none() || t.multi_user.is_none() {
+                    let path = format!("/v1/instances/{}/console?bytes=2048", t.id);
+                    let tail = client
+                        .call("GET", &path, None)
+                        .map(|(_, v)| v["output"].as_str().unwrap_or_default().to_owned())
+                        .unwrap_or_default();
+                    let _ = write!(text, "\n  console tail: {tail:?}");
+                }
+            }
+            return Err(Error::msg(text));
         }
         thread::sleep(POLL);
     }

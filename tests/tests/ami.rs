@@ -130,6 +130,10 @@ fn outcome() -> Option<&'static Outcome> {
         let mut host = common::host("ami");
         host.binary("stratus-vmm", &vmm)
             .binary("stratus-agent", &agent)
+            .binary(
+                "stratus-report-sink",
+                Path::new(env!("CARGO_BIN_EXE_stratus-report-sink")),
+            )
             .binary("qemu-img", &stratus_tests::vhost::which("qemu-img")?)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
             .binary(host_net::IPROUTE2, &stratus_tests::vhost::which("ip")?)

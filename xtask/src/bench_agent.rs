@@ -106,8 +106,8 @@ pub fn agent(options: &AgentOptions) -> Result<()> {
 /// A limit on the whole virtual-host run: every instance the memory
 /// could hold booting one after another, per run and count, with room.
 fn time_limit(options: &AgentOptions) -> Duration {
-    let most = u64::from(options.memory_mib / 256);
-    let per_run = 300 + 120 * most;
+    let most = u64::from(options.memory_mib / 512);
+    let per_run = 300 + 300 * most + 120;
     let counts = options.counts.split(',').count() as u64;
     Duration::from_secs(900 + per_run * counts * u64::from(options.runs))
 }

@@ -10,12 +10,14 @@
 //! Then `kill -9` of the agent and a new agent on the same state: both
 //! instances still running, re-adopted, same ids and addresses. `kill -9`
 //! of one VMM: within 5 s the instance is `stopped` with the reason.
-//! Start it again; stop the other (ACPI power button, the guest shuts
+//! Start it again: its guest boots from the same disk (a boot counter
+//! its user-data keeps there says 2); stop the other (ACPI power button, the guest shuts
 //! down); terminate both: taps and instance directories are gone.
 //!
 //! The script prints one `AGENT <step> …` line per step; the checks
 //! below read them.
 
+use base64::Engine as _;
 use serde_json::Value;
 use stratus_tests::case::CaseResult;
 use stratus_tests::host_net::IPROUTE2;
@@ -27,6 +29,12 @@ use super::case;
 pub const TIMEOUT_SECS: u64 = 1800;
 
 const SUBNET: &str = "10.0.97.0/24";
+
+/// I1's user-data: every boot appends to a file on the instance's own
+/// disk and prints the count on the console.
+const BOOT_COUNTER: &str = "#cloud-config\n\
+bootcmd:\n\
+\x20 - sh -c 'echo boot >> /var/lib/stratus-boots; echo \"AGENT-BOOTS $(wc -l < /var/lib/stratus-boots)\" > /dev/console'\n";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFwlhAA8saHVdGDKBoO+KQJmmon0ImaFHquYdP5lxGNW stratus-test-key";
 
 /// The shell functions an operator's session with the agent uses: start
@@ -43,7 +51,7 @@ A=http://127.0.0.1:8470
 rm -rf $STATE; mkdir -p $STATE
 start_agent() {{
     stratus-agent --state-dir $STATE --listen 127.0.0.1:8470 --vmm "$(command -v stratus-vmm)" \
-        >>$STATE.out 2>>$STATE.err &
+        ${{AGENT_EXTRA:-}} >>$STATE.out 2>>$STATE.err &
     AGENT_PID=$!
     waited=0
     while ! curl -s -o /dev/null "$A/v1/health"; do
@@ -97,7 +105,9 @@ api POST /v1/security-groups/$SG/authorize-ingress "{{\"ip_permissions\": [{{\"i
 api POST /v1/key-pairs '{{"key_name": "ops", "public_key_material": "{KEY}"}}' >/dev/null
 echo "AGENT setup image=$IMG subnet=$SUB group=$SG"
 # One at a time, as a control plane rolling out instances would.
-RUN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"client_token\": \"e2e-1\"}}")
+# I1's user-data counts its boots on its own disk (bootcmd runs at every
+# boot): the count goes on after a stop and start if the disk was kept.
+RUN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"client_token\": \"e2e-1\", \"user_data\": \"{boot_counter}\"}}")
 echo "AGENT run $RUN"
 I1=$(printf '%s' "$RUN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed -n '1s/.*"\(i-[0-9a-f]*\)"/\1/p')
 wait_state $I1 running 600
@@ -143,6 +153,11 @@ echo "AGENT vmm-killed after=$(($(date +%s) - t0)) $(api GET /v1/instances/$I1)"
 echo "AGENT health-killed $(curl -s $A/v1/health)"
 echo "AGENT start $(api POST /v1/instances/$I1/start)"
 wait_state $I1 running 600
+waited=0
+until api GET "/v1/instances/$I1/console?bytes=1000000" | grep -q 'AGENT-BOOTS 2'; do
+    sleep 2; waited=$((waited + 2)); [ "$waited" -lt 120 ] || break
+done
+echo "AGENT boots $(api GET "/v1/instances/$I1/console?bytes=1000000" | grep -o 'AGENT-BOOTS [0-9]*' | tr '\n' ' ')"
 echo "AGENT stop $(api POST /v1/instances/$I2/stop)"
 wait_state $I2 stopped 300
 echo "AGENT describe-stopped $(api GET /v1/instances/$I2)"
@@ -163,7 +178,8 @@ done
 echo "AGENT subnet-delete $(api DELETE /v1/subnets/$SUB)"
 kill -TERM $AGENT_PID; wait $AGENT_PID; echo "AGENT sigterm-exit status=$?"
 sed 's/^/AGENT-ERR /' $STATE.err | tail -n 80
-"#
+"#,
+        boot_counter = base64::engine::general_purpose::STANDARD.encode(BOOT_COUNTER),
     );
     script.line("cat > /tmp/agent-e2e.sh <<'STRATUS-EOF'");
     script.line(text.trim_end());
@@ -426,6 +442,21 @@ fn a_killed_vmm_is_noticed_within_5_s_and_the_instance_starts_again() {
             .count()
             >= 2,
         "{i1} did not run again after start\n{}",
+        c.describe()
+    );
+}
+
+#[test]
+fn a_started_instance_boots_from_the_disk_it_had() {
+    let Some(c) = agent_case() else { return };
+    // First boot: 1; after its VMM was killed and the instance started
+    // again: 2, counted in a file on the instance's own disk (a new disk
+    // would say 1 again).
+    let boots: Vec<&str> = step(&c, "boots").split_whitespace().collect();
+    assert_eq!(
+        boots,
+        ["AGENT-BOOTS", "1", "AGENT-BOOTS", "2"],
+        "{}",
         c.describe()
     );
 }

@@ -19,7 +19,10 @@
 //! its console), A1 reaches W1:8080 but not 9090, X1 reaches neither;
 //! a rule authorized live opens 9090 to A1 (not to X1), a rule revoked
 //! live closes 8080; a reboot of W2 keeps its id and address; terminate
-//! leaves no tap, directory or address behind.
+//! leaves no tap, directory or address behind. The agent pushes its
+//! health reports to a receiver in the host (`stratus-report-sink`)
+//! throughout, across its own kill -9; the receiver is down while the
+//! five terminate, and the agent catches up once it is back.
 //!
 //! The probes print `FLEET-PROBE n=<round> <ip>:<port> ok|refused|timeout` on the
 //! guest's console, read through the agent's console API: a check after
@@ -39,6 +42,8 @@ const SUBNET: &str = "10.0.96.0/24";
 const W1_IP: &str = "10.0.96.10";
 const A1_IP: &str = "10.0.96.20";
 const X1_IP: &str = "10.0.96.30";
+/// The agent's periodic report interval in the scenario.
+const REPORT_INTERVAL_SECS: u64 = 10;
 
 /// User-data of W1: two HTTP servers as systemd units (cloud-final's
 /// children would go with it), and `FLEET-WEB-READY` on the console once
@@ -109,6 +114,14 @@ pub fn add_cases(script: &mut Script, manifest: &str) {
     let text = format!(
         r#"STATE=/tmp/fleet-state
 TAG=FLEET
+# The report receiver: every report the agent pushes, one line each;
+# while $SINK_DOWN exists it answers 503.
+SINK_LOG=/tmp/fleet-reports.log
+SINK_DOWN=/tmp/fleet-sink-down
+rm -f $SINK_LOG $SINK_DOWN
+stratus-report-sink 127.0.0.1:8490 $SINK_LOG $SINK_DOWN 2>/tmp/fleet-sink.err &
+SINK_PID=$!
+AGENT_EXTRA="--report-url http://127.0.0.1:8490/reports --report-interval-secs {REPORT_INTERVAL_SECS}"
 {helpers}start_agent || exit 1
 IMG=$(field "$(api POST /v1/images '{{"manifest_path": "{manifest}"}}')" image_id)
 SUB=$(field "$(api POST /v1/subnets '{{"cidr_block": "{SUBNET}"}}')" subnet_id)
@@ -195,6 +208,10 @@ until [ "$(console $W2 | grep -c 'STRATUS-AMI-BOOTED')" -ge 2 ]; do
 done
 wait_state $W2 running 300
 echo "FLEET rebooted after=$rebooted boots=$(console $W2 | grep -c 'STRATUS-AMI-BOOTED') pid-before=$P0 pid-after=$(pid $W2) $(api GET /v1/instances/$W2)"
+# The receiver goes down for the terminations: their state-change
+# reports (and a periodic one) are refused, kept and sent again later.
+touch $SINK_DOWN
+echo "FLEET sink-down"
 for i in $W1 $W2 $A1 $A2 $X1; do api POST /v1/instances/$i/terminate >/dev/null; done
 for i in $W1 $W2 $A1 $A2 $X1; do
     wait_state $i terminated 300
@@ -202,8 +219,19 @@ for i in $W1 $W2 $A1 $A2 $X1; do
     if ip link show dev "$tap" >/dev/null 2>&1; then echo "FLEET leftover tap $tap"; else echo "FLEET tap-gone $tap"; fi
     if [ -e $STATE/instances/$i ]; then echo "FLEET leftover dir $i"; else echo "FLEET dir-gone $i"; fi
 done
+sleep {REPORT_INTERVAL_SECS}
+rm -f $SINK_DOWN
+echo "FLEET sink-up refused=$(grep -c '^refused' $SINK_LOG)"
+waited=0
+until grep -q '^taken .* terminated=5$' $SINK_LOG; do
+    sleep 2; waited=$((waited + 2)); [ "$waited" -lt 180 ] || break
+done
+echo "FLEET caught-up after=$waited"
 echo "FLEET subnet-delete $(api DELETE /v1/subnets/$SUB)"
 kill -TERM $AGENT_PID; wait $AGENT_PID
+kill $SINK_PID; wait $SINK_PID 2>/dev/null
+sed 's/^/FLEET report /' $SINK_LOG
+sed 's/^/FLEET-ERR sink: /' /tmp/fleet-sink.err
 sed 's/^/FLEET-ERR /' $STATE.err | grep -v ' INFO ' | tail -n 40
 "#,
         web_ud_sh = quote(&web_user_data()),
@@ -399,6 +427,83 @@ fn terminate_leaves_nothing_behind() {
         step(&c, "subnet-delete").ends_with("status=204")
             || step(&c, "subnet-delete").ends_with("status=200"),
         "{}",
+        c.describe()
+    );
+}
+
+/// One report as the receiver logged it.
+#[derive(Debug)]
+struct Report {
+    taken: bool,
+    seq: u64,
+    reason: String,
+    running: u64,
+    terminated: u64,
+}
+
+fn reports(c: &CaseResult) -> Vec<Report> {
+    steps(c, "report")
+        .iter()
+        .map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .unwrap_or_else(|| panic!("no {key} in report line `{line}`"))
+            };
+            let number = |key: &str| field(key).parse::<u64>().unwrap_or(u64::MAX);
+            Report {
+                taken: line.starts_with("taken "),
+                seq: number("seq="),
+                reason: field("reason=").to_string(),
+                running: number("running="),
+                terminated: number("terminated="),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn reports_arrive_in_sequence_across_an_agent_kill_and_catch_up_after_the_receiver_was_down() {
+    let Some(c) = fleet() else { return };
+    let all = reports(&c);
+    let taken: Vec<&Report> = all.iter().filter(|r| r.taken).collect();
+    let seqs: Vec<u64> = taken.iter().map(|r| r.seq).collect();
+    // Delivered oldest first, one at a time, and numbered from the store:
+    // strictly increasing, also across the agent's kill -9 and restart.
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers out of order: {seqs:?}"
+    );
+    // The scenario runs for many minutes with a 10 s interval.
+    let periodic = taken.iter().filter(|r| r.reason == "periodic").count();
+    assert!(periodic >= 10, "{periodic} periodic reports: {seqs:?}");
+    // The launches and boots made state-change reports, one showing all
+    // five running.
+    assert!(
+        taken
+            .iter()
+            .any(|r| r.reason == "state-change" && r.running == 5),
+        "no state-change report with five running\n{}",
+        c.describe()
+    );
+    // While down, the receiver refused state-change reports; each one it
+    // refused arrived later, once it was back.
+    let refused: Vec<&Report> = all.iter().filter(|r| !r.taken).collect();
+    assert!(
+        refused.iter().any(|r| r.reason == "state-change"),
+        "nothing refused while the receiver was down: {}",
+        step(&c, "sink-up")
+    );
+    for r in &refused {
+        assert!(
+            seqs.contains(&r.seq),
+            "report {} was refused and never delivered later: {seqs:?}",
+            r.seq
+        );
+    }
+    assert!(
+        step(&c, "caught-up").starts_with("after=") && taken.iter().any(|r| r.terminated == 5),
+        "no report of the five terminated arrived after the receiver came back\n{}",
         c.describe()
     );
 }
