@@ -602,14 +602,26 @@ pub async fn push_rules(app: &Arc<App>) {
     let sup = app.supervisor.clone();
     // (instance id, document) for every instance with a VMM whose
     // document changed.
+    // On the writing connection although it changes no row: the files it
+    // writes must match one committed state, and the writer is what
+    // keeps it from running inside another transaction's window (a
+    // terminate removes the instance's directory before its commit).
     let changed = app
-        .read(move |tx| {
+        .write(move |tx| {
             let mut out = Vec::new();
             for (id, text) in rule_documents(tx)? {
                 let path = sup.dir(&id).join("sg.json");
-                if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                    std::fs::write(&path, &text).map_err(internal)?;
-                    out.push((id, text));
+                if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                match std::fs::write(&path, &text) {
+                    Ok(()) => out.push((id, text)),
+                    // Its VMM is gone with its directory: nothing to tell,
+                    // and no reason to keep the others' news from them.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::debug!(instance_id = %id, "no directory: not pushing its groups");
+                    }
+                    Err(e) => return Err(internal(e)),
                 }
             }
             Ok(out)
@@ -645,8 +657,10 @@ pub async fn push_rules(app: &Arc<App>) {
 pub async fn push_metadata(app: &Arc<App>, id: &str) {
     let sup = app.supervisor.clone();
     let id2 = id.to_string();
+    // The writing connection, as for `push_rules`: a file written to match
+    // one committed state.
     let text = app
-        .read(move |tx| {
+        .write(move |tx| {
             let Some(inst) = tx.get::<Instance>(Table::Instances, &id2)? else {
                 return Ok(None);
             };

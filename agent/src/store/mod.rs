@@ -9,7 +9,10 @@
 //! between them. Reads that guard no write (describes, health, reports)
 //! go through a second connection, a [`Reader`]: WAL gives it the last
 //! committed state without waiting for a writer, so a describe is never
-//! held up by a launch that is starting its VMMs.
+//! held up by a launch that is starting its VMMs. Work that writes host
+//! files from the state (a VMM's security-group or metadata document)
+//! stays on the writer: a writer's transaction may change the host before
+//! it commits, and such files must match a committed state.
 //!
 //! A transaction that changes an instance's state says so
 //! ([`Tx::note_state_change`]); once it commits, [`Store::state_changes`]
