@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use stratus_tests::debian_ami;
 use stratus_tests::host_net;
-use stratus_tests::vhost::{self, VirtualHost};
 use stratus_tests::workspace;
 
 use crate::steps::{self, step, Result};
 
-const DISK_IN_HOST: &str = "images/debian-ami/disk.qcow2";
-const MANIFEST_IN_HOST: &str = "images/debian-ami/manifest.json";
 /// The case name of the measuring program's run.
 const CASE: &str = "agent_bench";
 
@@ -51,16 +48,8 @@ pub fn agent(options: &AgentOptions) -> Result<()> {
     let release = workspace::profile_dir(true);
     step("building the Debian AMI (cached after the first time)");
     let ami = debian_ami::debian_ami()?;
-    let mut host = VirtualHost::new("bench-agent");
-    host.case_runner(&release.join("stratus-case"))
-        .binary("stratus-vmm", &release.join("stratus-vmm"))
-        .binary("stratus-agent", &release.join("stratus-agent"))
-        .binary("stratus-agent-bench", &release.join("stratus-agent-bench"))
-        .binary("curl", &vhost::which("curl")?)
-        .binary(host_net::IPROUTE2, &vhost::which("ip")?)
-        .modules(host_net::MODULES)
-        .disk_file(DISK_IN_HOST, &ami.qcow2)
-        .file(MANIFEST_IN_HOST, &ami.manifest)
+    let mut host = steps::agent_host("bench-agent", &release, &release.join("stratus-case"), &ami)?;
+    host.binary("stratus-agent-bench", &release.join("stratus-agent-bench"))
         .memory_mib(options.memory_mib)
         // Two nested guests on multi-threaded TCG at once occasionally
         // crash (see `guests_on_one_cpu`): every VMM, the agent and the
@@ -137,8 +126,8 @@ grep -E 'ERROR|WARN' /tmp/agent.err | tail -n 20
 kill -TERM $AGENT; wait $AGENT
 "#,
         ip = host_net::IPROUTE2,
-        disk = DISK_IN_HOST,
-        manifest = MANIFEST_IN_HOST,
+        disk = steps::AMI_DISK_IN_HOST,
+        manifest = steps::AMI_MANIFEST_IN_HOST,
         case = CASE,
         limit = time_limit(options).as_secs().saturating_sub(300),
         itype = options.instance_type,

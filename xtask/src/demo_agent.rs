@@ -10,14 +10,10 @@ use std::path::PathBuf;
 use stratus_tests::debian_ami;
 use stratus_tests::host_net;
 use stratus_tests::hostcaps;
-use stratus_tests::vhost::{self, Mode, VirtualHost};
+use stratus_tests::vhost::{self, Mode};
 use stratus_tests::workspace;
 
 use crate::steps::{self, step, Result};
-
-/// The AMI bundle as the host sees it.
-const DISK_IN_HOST: &str = "images/debian-ami/disk.qcow2";
-const MANIFEST_IN_HOST: &str = "images/debian-ami/manifest.json";
 
 /// Where the guest's user-data prints what the metadata service told it.
 const USER_DATA: &str = r#"#!/usr/bin/python3
@@ -83,17 +79,9 @@ pub fn run(instance_type: &str) -> Result<()> {
         }
     }
     let case_runner = steps::build_case_runner()?;
-    let mut host = VirtualHost::new("demo");
-    host.case_runner(&case_runner)
-        .binary("stratus-vmm", &binary("stratus-vmm"))
-        .binary("stratus-agent", &binary("stratus-agent"))
-        .binary("stratus", &binary("stratus"))
+    let mut host = steps::agent_host("demo", &release, &case_runner, &ami)?;
+    host.binary("stratus", &binary("stratus"))
         .binary("qemu-img", &vhost::which("qemu-img")?)
-        .binary("curl", &vhost::which("curl")?)
-        .binary(host_net::IPROUTE2, &vhost::which("ip")?)
-        .modules(host_net::MODULES)
-        .disk_file(DISK_IN_HOST, &ami.qcow2)
-        .file(MANIFEST_IN_HOST, &ami.manifest)
         .memory_mib(3072)
         .scenario(&scenario(instance_type));
     let outcome = host.run()?;
@@ -197,8 +185,8 @@ run stratus instances list
 run stratus subnets delete $SUBNET && SUBNET=
 "#,
         ip = host_net::IPROUTE2,
-        disk = DISK_IN_HOST,
-        manifest = MANIFEST_IN_HOST,
+        disk = steps::AMI_DISK_IN_HOST,
+        manifest = steps::AMI_MANIFEST_IN_HOST,
         key = DEMO_KEY,
         user_data = USER_DATA,
     )

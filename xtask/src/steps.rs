@@ -5,8 +5,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use stratus_tests::debian_ami::DebianAmi;
 use stratus_tests::images::{self, GuestImage};
-use stratus_tests::{apt, cmd, debian_ami, vhost, workspace, Error};
+use stratus_tests::vhost::VirtualHost;
+use stratus_tests::{apt, cmd, debian_ami, host_net, vhost, workspace, Error};
 
 /// An xtask failure, printed once by `main`.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -135,4 +137,31 @@ pub fn prepare_vhost_bench(runs: u32, firecracker: Option<&std::path::Path>) -> 
         return Err("QEMU is not available; the benchmark needs it".into());
     }
     Ok(())
+}
+
+/// Where a virtual host for the agent holds the Debian AMI's disk.
+pub const AMI_DISK_IN_HOST: &str = "images/debian-ami/disk.qcow2";
+/// Where it holds the AMI's manifest.
+pub const AMI_MANIFEST_IN_HOST: &str = "images/debian-ami/manifest.json";
+
+/// A virtual host named `name` with what `stratus-agent` needs to run
+/// the Debian AMI: the release `stratus-vmm` and `stratus-agent` from
+/// `release`, curl, iproute2 and the bridge and tap modules, and the AMI
+/// bundle at [`AMI_DISK_IN_HOST`] and [`AMI_MANIFEST_IN_HOST`].
+pub fn agent_host(
+    name: &str,
+    release: &std::path::Path,
+    case_runner: &std::path::Path,
+    ami: &DebianAmi,
+) -> Result<VirtualHost> {
+    let mut host = VirtualHost::new(name);
+    host.case_runner(case_runner)
+        .binary("stratus-vmm", &release.join("stratus-vmm"))
+        .binary("stratus-agent", &release.join("stratus-agent"))
+        .binary("curl", &vhost::which("curl")?)
+        .binary(host_net::IPROUTE2, &vhost::which("ip")?)
+        .modules(host_net::MODULES)
+        .disk_file(AMI_DISK_IN_HOST, &ami.qcow2)
+        .file(AMI_MANIFEST_IN_HOST, &ami.manifest);
+    Ok(host)
 }

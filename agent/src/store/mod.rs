@@ -149,13 +149,23 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let mut r = Tx {
-            tx,
-            state_changed: Cell::new(false),
-        };
-        f(&mut r)
+        read_on(&mut self.conn, f)
     }
+}
+
+/// Runs `f` in a transaction on `conn` that is never committed (dropping
+/// it rolls back): one consistent snapshot of what was committed when it
+/// began.
+fn read_on<T, E: From<StoreError>>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    let mut r = Tx {
+        tx,
+        state_changed: Cell::new(false),
+    };
+    f(&mut r)
 }
 
 /// A read-only connection to the same database (see the module comment).
@@ -180,12 +190,7 @@ impl Reader {
         &mut self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
-        let tx = self.conn.transaction().map_err(StoreError::from)?;
-        let mut r = Tx {
-            tx,
-            state_changed: Cell::new(false),
-        };
-        f(&mut r)
+        read_on(&mut self.conn, f)
     }
 }
 
