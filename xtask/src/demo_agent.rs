@@ -83,6 +83,9 @@ pub fn run(instance_type: &str) -> Result<()> {
     host.binary("stratus", &binary("stratus"))
         .binary("qemu-img", &vhost::which("qemu-img")?)
         .memory_mib(3072)
+        // Nested guests on multi-threaded TCG occasionally crash (see
+        // `guests_on_one_cpu`); the demo's one instance is no exception.
+        .guests_on_one_cpu()
         .scenario(&scenario(instance_type));
     let outcome = host.run()?;
     if outcome.exit_code == 0 {
