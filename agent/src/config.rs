@@ -40,8 +40,13 @@ pub struct Flags {
     /// Seconds between periodic reports (default 30; 1-86400).
     #[arg(long, value_name = "N")]
     pub report_interval_secs: Option<u64>,
+    /// Most guests booting at once; more launches wait `pending` in
+    /// order (default: the CPUs the agent may run on).
+    #[arg(long, value_name = "N")]
+    pub max_booting: Option<usize>,
     /// A JSON file with any of `state_dir`, `listen`, `token_file`,
-    /// `vmm`, `report_url`, `report_interval_secs`; flags win over it.
+    /// `vmm`, `report_url`, `report_interval_secs`, `max_booting`; flags
+    /// win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -56,6 +61,7 @@ struct FileConfig {
     vmm: Option<PathBuf>,
     report_url: Option<String>,
     report_interval_secs: Option<u64>,
+    max_booting: Option<usize>,
 }
 
 /// The effective settings.
@@ -67,6 +73,8 @@ pub struct Config {
     pub vmm: PathBuf,
     /// Reporting upward, if a report URL is set.
     pub report: Option<crate::report::Settings>,
+    /// Most guests booting at once (see [`crate::launcher`]).
+    pub max_booting: usize,
 }
 
 /// Longest interval between periodic reports: a day (a longer one is
@@ -125,12 +133,17 @@ impl Config {
                 None
             }
         };
+        let max_booting = flags.max_booting.or(file.max_booting);
+        if max_booting == Some(0) {
+            return Err("--max-booting 0: give at least 1".into());
+        }
         Ok(Self {
             state_dir,
             listen,
             token_file,
             vmm,
             report,
+            max_booting: max_booting.unwrap_or_else(crate::launcher::default_max_booting),
         })
     }
 }

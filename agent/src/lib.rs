@@ -13,6 +13,7 @@ pub mod error;
 pub mod host;
 pub mod http_url;
 pub mod identity;
+pub mod launcher;
 pub mod metrics;
 pub mod model;
 pub mod report;
@@ -113,12 +114,16 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
         rule_pushes: std::sync::atomic::AtomicU64::new(0),
         impaired_since: Mutex::new(Default::default()),
         reporting,
+        launcher: launcher::Launcher::new(config.max_booting),
     });
     let pusher = config
         .report
         .as_ref()
         .and_then(|settings| report::spawn(&app, settings, state_changes));
-    supervisor::adopt(&app, instances);
+    let booting = supervisor::adopt(&app, instances);
+    // After the adoption: a queued launch whose VMM a crash left behind
+    // unrecorded has been found and ended first.
+    launcher::spawn(Arc::clone(&app), booting);
     tracing::info!(listen = %config.listen, state_dir = %config.state_dir.display(), "stratus-agent ready");
     // Ready: the store is open, the VMMs are watched again, the listener
     // is bound.

@@ -381,6 +381,8 @@ async fn mark(app: &Arc<App>, id: &str, pid: ProcessId, event: Event, reason: Op
     if let Err(e) = r {
         tracing::error!(error = %e.message, "recording an instance state");
     }
+    // A booted guest frees its boot slot.
+    app.launcher.wake();
 }
 
 /// Writes instance `inst`: the one place instances are written, so the
@@ -483,6 +485,8 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
     if let Err(e) = r {
         tracing::error!(error = %e.message, "recording a VMM exit");
     }
+    // An exited VMM frees its boot slot, if it held one.
+    app.launcher.wake();
 }
 
 /// Asks the guest to power off (ACPI power button); kills the VMM if it
@@ -514,19 +518,38 @@ pub fn check_user_data(b64: &str) -> Result<(), String> {
 }
 
 /// On agent start: watch every VMM that still runs, and settle what
-/// ended or was half done while the agent was away.
-pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
+/// was half done while the agent was away. Returns the instances whose
+/// guests are still booting, which hold the launcher's boot slots.
+///
+/// A `pending` instance without a VMM is a launch or start that was
+/// accepted (the caller was answered) and not carried out: it stays
+/// queued and the launcher carries it out. A VMM the agent had started
+/// for it but not recorded when it died is killed first, or two VMMs
+/// would share the instance's disk and tap.
+pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) -> Vec<String> {
+    let mut booting = Vec::new();
     for inst in instances {
         match (inst.state, inst.process) {
             (State::Terminated | State::Stopped, None) => {}
-            (_, Some(pid)) => {
+            (state, Some(pid)) => {
                 tracing::info!(instance_id = %inst.instance_id, pid = pid.pid, "re-adopting its VMM");
                 app.adopted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if state == State::Pending {
+                    booting.push(inst.instance_id.clone());
+                }
                 watch(Arc::clone(app), inst.instance_id.clone(), pid);
             }
-            // A launch or start that never got its VMM, or a terminate
-            // that did not end: finish it the safe way.
+            (State::Pending, None) => {
+                let strays =
+                    process::kill_strays(&app.supervisor.vmm, &["--id", &inst.instance_id]);
+                if strays > 0 {
+                    tracing::warn!(instance_id = %inst.instance_id, strays, "killed a VMM the agent had not recorded");
+                }
+                tracing::info!(instance_id = %inst.instance_id, "launch queued again");
+            }
+            // A stop or terminate whose VMM ended while the agent was
+            // away: finish it.
             (_, None) => {
                 let app = Arc::clone(app);
                 let sup = app.supervisor.clone();
@@ -534,20 +557,20 @@ pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
                     let id = inst.instance_id.clone();
                     let r = app
                         .write(move |tx| {
-                            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else { return Ok(()) };
-                            // A pending instance whose VMM never made its disk
-                            // was being launched: undone. One with a disk was
-                            // being started again: stopped, its disk kept.
-                            let fresh = !sup.dir(&id).join("disk.qcow2").exists();
-                            if inst.state == State::ShuttingDown || (inst.state == State::Pending && fresh) {
-                                release(&sup, &inst);
-                                inst.private_ip = None;
-                                inst.state = State::Terminated;
-                                inst.state_reason = Some("Server.InternalError: the launch did not finish (agent restarted)".into());
-                            } else {
-                                inst.state = State::Stopped;
+                            let Some(mut inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+                                return Ok(());
+                            };
+                            match inst.state {
+                                State::ShuttingDown => {
+                                    release(&sup, &inst);
+                                    inst.private_ip = None;
+                                    inst.apply(Event::Released, None);
+                                }
+                                State::Stopping | State::Running => {
+                                    inst.apply(Event::Halted, None);
+                                }
+                                _ => return Ok(()),
                             }
-                            inst.generation += 1;
                             put(tx, &inst)
                         })
                         .await;
@@ -558,6 +581,7 @@ pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) {
             }
         }
     }
+    booting
 }
 
 /// The NIC id the VMM gives an instance's only NIC.

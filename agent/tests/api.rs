@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -915,7 +915,12 @@ fn an_instances_groups_change_and_its_metadata_is_signed_by_the_host() {
     );
 
     // Its next VMM gets the new groups, signed metadata and all.
-    agent.ok("POST", &format!("/v1/instances/{id}/start"), None, 200);
+    let started = agent.ok("POST", &format!("/v1/instances/{id}/start"), None, 200);
+    assert_eq!(started["state"], "pending", "{started}");
+    // The VMM starts in the background; this one exits at once.
+    let stopped = agent.wait_for(&id, "stopped after a start", |inst| {
+        inst["state"] == "stopped" && inst["generation"].as_u64() > started["generation"].as_u64()
+    });
     let metadata = read_metadata();
     assert_eq!(metadata["document"]["security_groups"], json!(["g2", "g3"]));
     assert_eq!(
@@ -936,7 +941,6 @@ fn an_instances_groups_change_and_its_metadata_is_signed_by_the_host() {
         .map(|g| g["id"].as_str().unwrap())
         .collect();
     assert_eq!(sg_ids, [groups[1].as_str(), groups[2].as_str()]);
-    let stopped = agent.wait_for_state(&id, "stopped");
 
     // kill -9 and restart: the same identity, the change kept.
     agent.crash_and_restart();
@@ -1016,9 +1020,17 @@ fn a_terminated_launchs_groups_cannot_change() {
         ),
         201,
     );
-    let inst = run["instances"][0].clone();
-    assert_eq!(inst["state"], "terminated", "{inst}");
-    let id = inst["instance_id"].as_str().unwrap();
+    // Accepted, then the launcher finds it cannot start the VMM.
+    assert_eq!(run["instances"][0]["state"], "pending", "{run}");
+    let id = run["instances"][0]["instance_id"].as_str().unwrap();
+    let inst = agent.wait_for_state(id, "terminated");
+    assert!(
+        inst["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Server.InternalError") && r.contains("/nonexistent")),
+        "{inst}"
+    );
+    assert!(inst["private_ip"].is_null(), "{inst}");
     assert_error(
         &agent,
         "PUT",
@@ -1076,9 +1088,15 @@ type VmmRequest = (String, String, String, String);
 impl FakeVmms {
     fn new() -> FakeVmms {
         use std::os::unix::fs::PermissionsExt as _;
+        // One script per user: tests run side by side, and each removes
+        // its own when it ends.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let script =
-            std::env::temp_dir().join(format!("stratus-fake-vmm-{}.sh", std::process::id()));
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
+            std::env::temp_dir().join(format!("stratus-fake-vmm-{}-{n}.sh", std::process::id()));
+        // A loop, not `exec sleep`: the shell keeps the VMM's arguments
+        // on its command line, where the agent looks for strays.
+        std::fs::write(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         FakeVmms {
             script,
@@ -1087,7 +1105,8 @@ impl FakeVmms {
         }
     }
 
-    /// Serves instance `inst`'s API socket under `dir` from now on.
+    /// Serves instance `inst`'s API socket under `dir` from now on
+    /// (`inst` as described once its VMM runs).
     fn serve(&mut self, dir: &std::path::Path, inst: &Value) {
         use std::os::unix::net::UnixListener;
         let id = inst["instance_id"].as_str().unwrap().to_string();
@@ -1245,8 +1264,9 @@ fn groups_changed_while_running_reach_every_vmm_they_touch() {
         agent
             .bridges
             .push(inst["tap"].as_str().unwrap().to_string());
-        vmms.serve(&agent.dir, &inst);
-        inst["instance_id"].as_str().unwrap().to_string()
+        let id = inst["instance_id"].as_str().unwrap().to_string();
+        vmms.serve(&agent.dir, &agent.wait_for_vmm(&id));
+        id
     };
     let a = launch(&[&db]);
     let b = launch(&[&web]);
@@ -1318,4 +1338,126 @@ fn groups_changed_while_running_reach_every_vmm_they_touch() {
         agent.wait_for_state(id, "terminated");
     }
     agent.ok("DELETE", &format!("/v1/subnets/{subnet_id}"), None, 204);
+}
+
+/// Boots are admitted `--max-booting` at a time, the rest wait `pending`
+/// without a VMM; a launch accepted before the agent was killed is
+/// carried out after its restart (not rolled back), and a VMM the agent
+/// had started for it without recording it is killed first.
+#[test]
+fn launches_wait_for_a_boot_slot_and_survive_an_agent_kill() {
+    if !privileged() {
+        return;
+    }
+    let mut vmms = FakeVmms::new();
+    let script = vmms.script.to_str().unwrap().to_string();
+    let mut agent = Agent::start_with_args("boot-slots", &["--vmm", &script, "--max-booting", "1"]);
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.218.0.0/28"})),
+        201,
+    );
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let group = agent.ok(
+        "POST",
+        "/v1/security-groups",
+        Some(json!({"group_name": "g", "description": "d"})),
+        201,
+    )["group_id"]
+        .clone();
+    let run = agent.ok(
+        "POST",
+        "/v1/instances",
+        Some(
+            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
+            "subnet_id": subnet["subnet_id"], "security_group_ids": [group], "count": 3}),
+        ),
+        201,
+    );
+    let mut queued: Vec<String> = Vec::new();
+    for inst in run["instances"].as_array().unwrap() {
+        assert_eq!(inst["state"], "pending", "{inst}");
+        assert!(inst["process"].is_null(), "{inst}");
+        agent
+            .bridges
+            .push(inst["tap"].as_str().unwrap().to_string());
+        queued.push(inst["instance_id"].as_str().unwrap().to_string());
+    }
+    // The one instance of `queued` that has a VMM, once one has; the
+    // others must have none.
+    let next_booting = |agent: &Agent, queued: &mut Vec<String>| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let with_vmm: Vec<Value> = queued
+                .iter()
+                .map(|id| agent.ok("GET", &format!("/v1/instances/{id}"), None, 200))
+                .filter(|inst| inst["process"]["pid"].is_i64())
+                .collect();
+            assert!(with_vmm.len() <= 1, "two boots at once: {with_vmm:?}");
+            if let Some(inst) = with_vmm.into_iter().next() {
+                assert_eq!(inst["state"], "pending", "{inst}");
+                queued.retain(|id| inst["instance_id"] != id.as_str());
+                return inst;
+            }
+            assert!(Instant::now() < deadline, "no VMM started for {queued:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The first boots; the other two wait while it does.
+    let first = next_booting(&agent, &mut queued);
+    std::thread::sleep(Duration::from_secs(2));
+    for id in &queued {
+        let inst = agent.ok("GET", &format!("/v1/instances/{id}"), None, 200);
+        assert!(inst["process"].is_null(), "started beside a boot: {inst}");
+    }
+    // Its guest boots (the fake answers the boot probe): the next starts.
+    vmms.serve(&agent.dir, &first);
+    let first_id = first["instance_id"].as_str().unwrap().to_string();
+    agent.wait_for_state(&first_id, "running");
+    let second = next_booting(&agent, &mut queued);
+    let third_id = queued[0].clone();
+
+    // A VMM for the third that a crashed agent had started but not
+    // recorded; then the agent is killed with the second booting and the
+    // third queued.
+    let mut stray = Command::new(&script)
+        .args(["--id", &third_id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent.crash_and_restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stray.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the stray VMM was left running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The second is adopted and still holds the slot; once it boots, the
+    // third is launched: all three run, under the ids they were given.
+    let second_id = second["instance_id"].as_str().unwrap().to_string();
+    let adopted = agent.ok("GET", &format!("/v1/instances/{second_id}"), None, 200);
+    assert_eq!(adopted["process"], second["process"], "{adopted}");
+    std::thread::sleep(Duration::from_secs(1));
+    let third = agent.ok("GET", &format!("/v1/instances/{third_id}"), None, 200);
+    assert!(third["process"].is_null(), "started beside a boot: {third}");
+    vmms.serve(&agent.dir, &second);
+    agent.wait_for_state(&second_id, "running");
+    let third = next_booting(&agent, &mut queued);
+    vmms.serve(&agent.dir, &third);
+    agent.wait_for_state(&third_id, "running");
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{first_id}"), None, 200)["state"],
+        "running"
+    );
 }

@@ -202,6 +202,10 @@ fn good_request(route: &str, fx: &Fixture) -> (String, Option<Value>) {
     (fill(template, id), body)
 }
 
+/// The client token the fixture's stopped instance was launched with
+/// (with [`run_body`] and `key_name` `ops`).
+const STOPPED_TOKEN: &str = "fixture-stopped";
+
 fn run_body(fx: &Fixture) -> Value {
     json!({"image_id": fx.image, "instance_type": "t3.nano", "subnet_id": fx.subnet,
         "security_group_ids": [fx.web]})
@@ -623,6 +627,26 @@ fn table(fx: &Fixture) -> Vec<Case> {
     let malformed = [with(json!({"security_group_ids": ["web"]}))];
     t.bodies(route, path, malformed_group, malformed);
     for (changes, code) in [
+        (json!({"image_id": "debian"}), IMAGE.malformed),
+        (json!({"image_id": "ami-XYZ"}), IMAGE.malformed),
+        (json!({"subnet_id": "lan"}), SUBNET.malformed),
+        (json!({"subnet_id": ""}), SUBNET.malformed),
+    ] {
+        t.add(route, path, Some(&with(changes)), 400, code);
+    }
+    // The stopped instance's token with other parameters (it was
+    // launched with key `ops`).
+    let mismatch = (400, "IdempotentParameterMismatch");
+    let bodies = [
+        with(json!({ "client_token": STOPPED_TOKEN })),
+        with(
+            json!({"client_token": STOPPED_TOKEN, "key_name": "ops", "instance_type": "t3.micro"}),
+        ),
+        with(json!({"client_token": STOPPED_TOKEN, "key_name": "ops", "count": 2})),
+        with(json!({"client_token": STOPPED_TOKEN, "key_name": "ops", "tags": {"k": "v"}})),
+    ];
+    t.bodies(route, path, mismatch, bodies);
+    for (changes, code) in [
         (
             json!({"image_id": "ami-00000000000000000"}),
             IMAGE.not_found,
@@ -1008,17 +1032,18 @@ fn set_up(agent: &mut Agent) -> Fixture {
     };
     // The VMM is /bin/true: it "boots" and powers off at once, so each
     // launch ends `stopped` without KVM.
-    let mut launch = || {
+    let mut launch = |client_token: &str| {
         let mut body = run_body(&fx);
         body["key_name"] = json!("ops");
+        body["client_token"] = json!(client_token);
         let run = agent.ok("POST", "/v1/instances", Some(body), 201);
         let inst = &run["instances"][0];
         agent.bridges.push(id(inst, "tap"));
         let instance_id = id(inst, "instance_id");
         agent.wait_for_state(&instance_id, "stopped")
     };
-    let stopped = launch();
-    let terminated = id(&launch(), "instance_id");
+    let stopped = launch(STOPPED_TOKEN);
+    let terminated = id(&launch("fixture-terminated"), "instance_id");
     agent.ok(
         "POST",
         &format!("/v1/instances/{terminated}/terminate"),

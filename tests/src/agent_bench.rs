@@ -216,6 +216,8 @@ struct Fixture {
     subnet_id: String,
     group_id: String,
     instance_memory_mib: u64,
+    /// The agent's most guests booting at once.
+    max_booting: u64,
 }
 
 /// Runs the whole benchmark against the agent and prints its raw lines
@@ -225,12 +227,13 @@ pub fn drive(settings: &Settings) -> Result<()> {
     let client = AgentClient::new(settings.endpoint, &settings.token);
     let fixture = set_up(&client, settings)?;
     println!(
-        "setup image={} subnet={} group={} instance_type={} instance_memory_mib={} load_clients={} load_interval_ms={}",
+        "setup image={} subnet={} group={} instance_type={} instance_memory_mib={} max_booting={} load_clients={} load_interval_ms={}",
         fixture.image_id,
         fixture.subnet_id,
         fixture.group_id,
         settings.instance_type,
         fixture.instance_memory_mib,
+        fixture.max_booting,
         settings.load_clients,
         settings.load_interval.as_millis()
     );
@@ -315,6 +318,9 @@ fn set_up(client: &AgentClient, settings: &Settings) -> Result<Fixture> {
                 "health shows no host.instance_memory_mib: {health}"
             ))
         })?;
+    let max_booting = health["host"]["max_booting"]
+        .as_u64()
+        .ok_or_else(|| Error::msg(format!("health shows no host.max_booting: {health}")))?;
     let text = |v: &Value, key: &str| -> Result<String> {
         v[key]
             .as_str()
@@ -326,6 +332,7 @@ fn set_up(client: &AgentClient, settings: &Settings) -> Result<Fixture> {
         subnet_id: text(&subnet, "subnet_id")?,
         group_id: text(&group, "group_id")?,
         instance_memory_mib,
+        max_booting,
     })
 }
 

@@ -247,6 +247,7 @@ pub async fn document(app: &Arc<App>) -> Result<Value, ApiError> {
             "vcpus": cpus,
             "memory_mib": memory_mib,
             "instance_memory_mib": crate::host::instance_memory_mib(),
+            "max_booting": app.launcher.max_booting,
         },
         "allocated": {"vcpus": allocated_vcpus, "memory_mib": allocated_mib},
         "instances": by_state,

@@ -25,7 +25,7 @@ use crate::model::lease;
 use crate::model::security_group::SecurityGroup;
 use crate::model::subnet::Subnet;
 use crate::store::{Table, Tx};
-use crate::supervisor::{self, check_user_data, launch_inputs, put, start_vmm, watch};
+use crate::supervisor::{self, check_user_data, put};
 
 /// Most instances one call may run.
 const MAX_COUNT: u32 = 20;
@@ -129,9 +129,68 @@ fn metadata_options(m: Option<MetadataOptionsIn>) -> Result<MetadataOptions, Api
     Ok(out)
 }
 
+/// Refuses a client token given again with other parameters (EC2's
+/// `IdempotentParameterMismatch`): the token names one launch, and a
+/// caller that changed its request would otherwise be told its new
+/// request was carried out.
+fn same_launch(
+    earlier: &[Instance],
+    req: &RunInstances,
+    options: &MetadataOptions,
+) -> Result<(), ApiError> {
+    let first = &earlier[0];
+    let mut differ = Vec::new();
+    if first.image_id != req.image_id {
+        differ.push("image_id");
+    }
+    if first.instance_type != req.instance_type {
+        differ.push("instance_type");
+    }
+    if first.subnet_id != req.subnet_id {
+        differ.push("subnet_id");
+    }
+    if first.security_group_ids != req.security_group_ids {
+        differ.push("security_group_ids");
+    }
+    if first.key_name != req.key_name {
+        differ.push("key_name");
+    }
+    if first.user_data != req.user_data {
+        differ.push("user_data");
+    }
+    if first.tags != req.tags {
+        differ.push("tags");
+    }
+    if &first.metadata_options != options {
+        differ.push("metadata_options");
+    }
+    if earlier.len() != req.count as usize {
+        differ.push("count");
+    }
+    if req
+        .private_ip_address
+        .as_ref()
+        .is_some_and(|ip| first.private_ip.as_ref().is_some_and(|had| had != ip))
+    {
+        differ.push("private_ip_address");
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "IdempotentParameterMismatch",
+        format!(
+            "client_token `{}` was used for a launch with other parameters ({})",
+            req.client_token.as_deref().unwrap_or_default(),
+            differ.join(", ")
+        ),
+    ))
+}
+
 pub async fn run(
     State(app): State<Arc<App>>,
-    Body(req): Body<RunInstances>,
+    Body(mut req): Body<RunInstances>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let itype = instance_type::lookup(&req.instance_type).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -145,6 +204,8 @@ pub async fn run(
     if req.private_ip_address.is_some() && req.count != 1 {
         return Err(ApiError::invalid("private_ip_address needs count 1"));
     }
+    super::checked_id(Kind::Image, "InvalidAMIID.Malformed", &req.image_id)?;
+    super::checked_id(Kind::Subnet, "InvalidSubnetID.Malformed", &req.subnet_id)?;
     check_groups(&req.security_group_ids)?;
     if let Some(u) = &req.user_data {
         check_user_data(u).map_err(ApiError::invalid)?;
@@ -173,15 +234,15 @@ pub async fn run(
         ),
         None => None,
     };
-    let options = metadata_options(req.metadata_options)?;
+    let options = metadata_options(req.metadata_options.take())?;
     let capacity = crate::host::instance_memory_mib();
-    let sup = app.supervisor.clone();
     let app2 = Arc::clone(&app);
     let instances = app
         .write(move |tx| {
             if let Some(token) = &req.client_token {
                 let earlier: Vec<Instance> = tx.list_by(Table::Instances, "client_token", token)?;
                 if !earlier.is_empty() {
+                    same_launch(&earlier, &req, &options)?;
                     return Ok(earlier);
                 }
             }
@@ -281,55 +342,12 @@ pub async fn run(
             Ok(made)
         })
         .await?;
-    // The VMMs, one per instance; a failure terminates that instance
-    // with the reason (the others run).
-    let mut out = Vec::new();
-    for inst in instances {
-        if inst.process.is_some() || inst.state != St::Pending || inst.generation != 1 {
-            out.push(inst);
-            continue;
-        }
-        let sup = sup.clone();
-        let app3 = Arc::clone(&app2);
-        let inst = app2
-            .write(move |tx| {
-                let Some(mut inst) = tx.get::<Instance>(Table::Instances, &inst.instance_id)?
-                else {
-                    return Err(ApiError::not_found(
-                        "InvalidInstanceID.NotFound",
-                        "instance",
-                        &inst.instance_id,
-                    ));
-                };
-                let started = launch_inputs(tx, &inst).and_then(|inputs| {
-                    start_vmm(&sup, &inst, &inputs).map_err(|e| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e)
-                    })
-                });
-                match started {
-                    Ok(pid) => {
-                        inst.process = Some(pid);
-                        inst.generation += 1;
-                        put(tx, &inst)?;
-                        watch(app3, inst.instance_id.clone(), pid);
-                    }
-                    Err(e) => {
-                        supervisor::release(&sup, &inst);
-                        inst.private_ip = None;
-                        inst.state = St::Terminated;
-                        inst.state_reason = Some(format!("Server.InternalError: {}", e.message));
-                        inst.generation += 1;
-                        put(tx, &inst)?;
-                    }
-                }
-                Ok(inst)
-            })
-            .await?;
-        out.push(inst);
-    }
+    // The VMMs start in the background (see `launcher`): the call
+    // answers once the instances are recorded, as EC2's does.
+    app2.launcher.wake();
     // New members: instances whose groups name theirs learn the addresses.
     supervisor::push_rules(&app2).await;
-    Ok((StatusCode::CREATED, Json(json!({ "instances": out }))))
+    Ok((StatusCode::CREATED, Json(json!({ "instances": instances }))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -435,27 +453,24 @@ pub async fn start(
     PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
-    let sup = app.supervisor.clone();
-    let app2 = Arc::clone(&app);
-    app.write(move |tx| {
-        let mut inst: Instance = tx
-            .get(Table::Instances, &id)?
-            .ok_or_else(|| not_found(&id))?;
-        if matches!(inst.state, St::Pending | St::Running) {
-            return Ok(Json(inst));
-        }
-        if inst.apply(Event::Start, None).is_none() {
-            return Err(incorrect(&inst, "started"));
-        }
-        let inputs = launch_inputs(tx, &inst)?;
-        let pid = start_vmm(&sup, &inst, &inputs)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e))?;
-        inst.process = Some(pid);
-        put(tx, &inst)?;
-        watch(app2, inst.instance_id.clone(), pid);
-        Ok(Json(inst))
-    })
-    .await
+    let inst = app
+        .write(move |tx| {
+            let mut inst: Instance = tx
+                .get(Table::Instances, &id)?
+                .ok_or_else(|| not_found(&id))?;
+            if matches!(inst.state, St::Pending | St::Running) {
+                return Ok(inst);
+            }
+            if inst.apply(Event::Start, None).is_none() {
+                return Err(incorrect(&inst, "started"));
+            }
+            // Its VMM starts in the background, like a launch's.
+            put(tx, &inst)?;
+            Ok(inst)
+        })
+        .await?;
+    app.launcher.wake();
+    Ok(Json(inst))
 }
 
 pub async fn reboot(

@@ -95,6 +95,8 @@ pub struct App {
     pub impaired_since: Mutex<std::collections::HashMap<String, String>>,
     /// Reporting upward, when a report URL is set.
     pub reporting: Option<Arc<crate::report::Reporting>>,
+    /// Starts the VMMs of queued (`pending`) instances.
+    pub launcher: crate::launcher::Launcher,
 }
 
 impl App {

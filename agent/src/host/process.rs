@@ -140,6 +140,58 @@ pub fn signal(id: ProcessId, signal: i32) -> bool {
     r == 0
 }
 
+/// Kills every process started as `program` with `args` among its
+/// arguments (in that order, side by side), waiting up to 5 s for each
+/// to be gone; returns how many there were. This finds a VMM the agent
+/// started but died before recording: only its command line names it.
+pub fn kill_strays(program: &Path, args: &[&str]) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        // The program is argv[0]; a script run through its `#!` line has
+        // its interpreter there and itself next.
+        let program = program.as_os_str().as_encoded_bytes();
+        let named = argv.iter().take(2).any(|a| *a == program);
+        let wanted: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        if !named
+            || !argv
+                .windows(wanted.len().max(1))
+                .any(|w| w == wanted.as_slice())
+        {
+            continue;
+        }
+        let Some(id) = start_ticks(pid).map(|start_ticks| ProcessId { pid, start_ticks }) else {
+            continue;
+        };
+        let Some(fd) = open(id) else { continue };
+        if signal(id, libc::SIGKILL) {
+            killed += 1;
+            let mut poll = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the length given; a pidfd
+            // polls readable when its process has exited.
+            unsafe { libc::poll(&mut poll, 1, 5000) };
+        }
+    }
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +224,34 @@ mod tests {
         let fd = open(id).unwrap();
         assert!(signal(id, libc::SIGKILL));
         assert_eq!(exited(fd).await, Exit::Signal(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn strays_are_found_by_their_arguments_and_killed() {
+        let marker = format!("stray-{}", std::process::id());
+        // `sh -c CMD A B`: A and B stay on the shell's command line (as
+        // its $0 and $1). The loop keeps the shell itself running.
+        let spawn_shell = |args: &[&str]| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "while :; do sleep 1; done"]).args(args);
+            spawn(cmd, Path::new("/dev/null")).unwrap()
+        };
+        let stray = spawn_shell(&["--id", &marker]);
+        let other = spawn_shell(&["--id", &format!("{marker}-other")]);
+        let (stray_fd, other_fd) = (open(stray).unwrap(), open(other).unwrap());
+        assert_eq!(kill_strays(Path::new("/bin/sh"), &["--id", &marker]), 1);
+        assert_eq!(exited(stray_fd).await, Exit::Signal(libc::SIGKILL));
+        // Another id, or the same arguments under another program, is not it.
+        assert_eq!(kill_strays(Path::new("/bin/sh"), &["--id", &marker]), 0);
+        assert_eq!(
+            kill_strays(
+                Path::new("/bin/bash"),
+                &["--id", &format!("{marker}-other")]
+            ),
+            0
+        );
+        assert!(open(other).is_some());
+        assert!(signal(other, libc::SIGKILL));
+        assert_eq!(exited(other_fd).await, Exit::Signal(libc::SIGKILL));
     }
 }

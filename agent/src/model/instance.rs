@@ -175,6 +175,13 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether no VMM has ever run for this instance: it is recorded at
+    /// generation 1 and nothing changes the record before its first VMM
+    /// starts (which bumps the generation, as every later change does).
+    pub fn is_first_launch(&self) -> bool {
+        self.state == State::Pending && self.process.is_none() && self.generation == 1
+    }
+
     /// Applies `event`; the new state, or `None` (nothing changed) when
     /// the transition is not allowed.
     pub fn apply(&mut self, event: Event, reason: Option<String>) -> Option<State> {

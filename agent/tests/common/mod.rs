@@ -174,13 +174,24 @@ impl Agent {
 
     /// Polls instance `id` until it is in `state` (within 30 s).
     pub fn wait_for_state(&self, id: &str, state: &str) -> Value {
+        self.wait_for(id, state, |inst| inst["state"] == state)
+    }
+
+    /// Instance `id` once the launcher has started its VMM (a run or
+    /// start answers before that).
+    pub fn wait_for_vmm(&self, id: &str) -> Value {
+        self.wait_for(id, "a VMM", |inst| inst["process"]["pid"].is_i64())
+    }
+
+    /// Instance `id` once `done` holds for it (30 s at most).
+    pub fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let inst = self.ok("GET", &format!("/v1/instances/{id}"), None, 200);
-            if inst["state"] == state {
+            if done(&inst) {
                 return inst;
             }
-            assert!(Instant::now() < deadline, "never {state}: {inst}");
+            assert!(Instant::now() < deadline, "never {what}: {inst}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
