@@ -108,9 +108,13 @@ async fn launch_what_fits(
     slots.retain(|id, since| {
         since.elapsed() < BOOT_SLOT && instances.iter().any(|i| &i.instance_id == id && booting(i))
     });
+    // Queued: pending without a VMM, unless it is a guest in a reboot
+    // loop waiting for its restart (which is not the launcher's to make).
+    let now = Instant::now();
     let mut queue: Vec<&Instance> = instances
         .iter()
         .filter(|i| i.state == State::Pending && i.process.is_none())
+        .filter(|i| !app.supervisor.reboots.waiting(&i.instance_id, now))
         .collect();
     queue.sort_by(|a, b| (&a.launch_time, &a.instance_id).cmp(&(&b.launch_time, &b.instance_id)));
     let mut failed = false;

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod launcher;
 pub mod metrics;
 pub mod model;
+pub mod reboots;
 pub mod report;
 pub mod store;
 pub mod supervisor;
@@ -109,6 +110,7 @@ pub async fn serve(config: Config) -> Result<(), AgentError> {
             vmm: config.vmm.clone(),
             instances_dir: config.state_dir.join("instances"),
             identity,
+            reboots: Default::default(),
         },
         adopted: std::sync::atomic::AtomicU64::new(0),
         rule_pushes: std::sync::atomic::AtomicU64::new(0),

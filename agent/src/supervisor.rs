@@ -51,6 +51,8 @@ pub struct Supervisor {
     pub vmm: PathBuf,
     pub instances_dir: PathBuf,
     pub identity: Arc<HostIdentity>,
+    /// Guest reboots that come too fast: the next VMM waits.
+    pub reboots: Arc<crate::reboots::RebootBackoff>,
 }
 
 impl Supervisor {
@@ -421,6 +423,10 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
                 return Ok(());
             };
             inst.process = None;
+            if exit != Exit::Code(3) {
+                // Not a reboot: any reboot loop is over.
+                sup.reboots.forget(&id);
+            }
             let reason = match exit {
                 Exit::Code(0) => {
                     "Client.InstanceInitiatedShutdown: Instance initiated shutdown".to_string()
@@ -450,23 +456,45 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
                 }
                 State::Pending | State::Running if exit == Exit::Code(3) => {
                     // The guest rebooted: a new VMM on the same disk, as
-                    // EC2 keeps a rebooted instance running.
-                    let inputs = launch_inputs(tx, &inst)?;
-                    match start_vmm(&sup, &inst, &inputs) {
-                        Ok(new) => {
-                            inst.process = Some(new);
-                            inst.generation += 1;
-                            put(tx, &inst)?;
-                            watch(Arc::clone(&app2), id.clone(), new);
-                            return Ok(());
-                        }
-                        Err(e) => {
-                            inst.apply(
-                                Event::Failed,
-                                Some(format!("Server.InternalError: restart after reboot: {e}")),
-                            );
-                        }
+                    // EC2 keeps a rebooted instance running; at once,
+                    // unless it is rebooting in a loop.
+                    let restart = sup.reboots.rebooted(&id, std::time::Instant::now());
+                    if restart.wait.is_zero() {
+                        return start_again(tx, &app2, inst);
                     }
+                    tracing::warn!(instance_id = %id, in_a_row = restart.in_a_row, wait_s = restart.wait.as_secs(), "the guest reboots in a loop; its next VMM waits");
+                    inst.state_reason = Some(format!(
+                        "Client.InstanceRebootLoop: the guest rebooted {} times in a row within {} s of a restart; its next VMM starts in {} s",
+                        restart.in_a_row + 1,
+                        crate::reboots::QUICK.as_secs(),
+                        restart.wait.as_secs()
+                    ));
+                    inst.generation += 1;
+                    put(tx, &inst)?;
+                    let app = Arc::clone(&app2);
+                    let id = id.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(restart.wait).await;
+                        let r = app
+                            .clone()
+                            .write(move |tx| {
+                                let Some(inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+                                    return Ok(());
+                                };
+                                // Stopped or terminated meanwhile: nothing to start.
+                                if inst.process.is_some()
+                                    || !matches!(inst.state, State::Pending | State::Running)
+                                {
+                                    return Ok(());
+                                }
+                                start_again(tx, &app, inst)
+                            })
+                            .await;
+                        if let Err(e) = r {
+                            tracing::error!(error = %e.message, "restarting after a reboot");
+                        }
+                    });
+                    return Ok(());
                 }
                 State::Pending | State::Running => {
                     let event = if exit == Exit::Code(0) {
@@ -487,6 +515,28 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
     }
     // An exited VMM frees its boot slot, if it held one.
     app.launcher.wake();
+}
+
+/// Starts a new VMM for `inst` on its disk after its guest rebooted,
+/// recording it (or, if it cannot start, the failure: stopped).
+fn start_again(tx: &Tx<'_>, app: &Arc<App>, mut inst: Instance) -> Result<(), ApiError> {
+    let inputs = launch_inputs(tx, &inst)?;
+    match start_vmm(&app.supervisor, &inst, &inputs) {
+        Ok(new) => {
+            inst.process = Some(new);
+            inst.generation += 1;
+            put(tx, &inst)?;
+            watch(Arc::clone(app), inst.instance_id.clone(), new);
+        }
+        Err(e) => {
+            inst.apply(
+                Event::Failed,
+                Some(format!("Server.InternalError: restart after reboot: {e}")),
+            );
+            put(tx, &inst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Asks the guest to power off (ACPI power button); kills the VMM if it

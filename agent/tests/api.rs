@@ -1461,3 +1461,102 @@ fn launches_wait_for_a_boot_slot_and_survive_an_agent_kill() {
         "running"
     );
 }
+
+/// A guest that reboots again right after each restart (its VMM exits
+/// with the reboot status at once) is not restarted in a tight loop:
+/// each restart waits twice as long as the one before, the instance says
+/// why, and a stop during a wait ends it.
+#[test]
+fn a_reboot_loop_backs_off_and_stops_when_asked() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("stratus-reboot-loop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs = dir.join("runs");
+    let script = dir.join("vmm.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho run >> {}\nexit 3\n", runs.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut agent = Agent::start_with_args("reboot-loop", &["--vmm", script.to_str().unwrap()]);
+    let manifest = bundle(&agent.dir);
+    let image = agent.ok(
+        "POST",
+        "/v1/images",
+        Some(json!({"manifest_path": manifest})),
+        201,
+    );
+    let subnet = agent.ok(
+        "POST",
+        "/v1/subnets",
+        Some(json!({"cidr_block": "10.219.0.0/28"})),
+        201,
+    );
+    agent
+        .bridges
+        .push(subnet["bridge"].as_str().unwrap().to_string());
+    let group = agent.ok(
+        "POST",
+        "/v1/security-groups",
+        Some(json!({"group_name": "g", "description": "d"})),
+        201,
+    )["group_id"]
+        .clone();
+    let run = agent.ok(
+        "POST",
+        "/v1/instances",
+        Some(
+            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
+            "subnet_id": subnet["subnet_id"], "security_group_ids": [group]}),
+        ),
+        201,
+    );
+    let inst = &run["instances"][0];
+    agent
+        .bridges
+        .push(inst["tap"].as_str().unwrap().to_string());
+    let id = inst["instance_id"].as_str().unwrap().to_string();
+    // Starts at 0, then 0 s, 1 s, 2 s, 4 s after each: 4 by 6 s, where
+    // an immediate restart would have made hundreds.
+    std::thread::sleep(Duration::from_secs(6));
+    let seen = count();
+    assert!((3..=6).contains(&seen), "{seen} VMM starts in 6 s");
+    let looping = agent.ok("GET", &format!("/v1/instances/{id}"), None, 200);
+    assert!(
+        looping["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Client.InstanceRebootLoop")),
+        "{looping}"
+    );
+    // Stopped during a wait: it stays stopped, nothing starts again.
+    agent.ok("POST", &format!("/v1/instances/{id}/stop"), None, 200);
+    let stopped = agent.wait_for_state(&id, "stopped");
+    assert!(stopped["process"].is_null(), "{stopped}");
+    let after_stop = count();
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(count(), after_stop, "a VMM started after the stop");
+    assert_eq!(
+        agent.ok("GET", &format!("/v1/instances/{id}"), None, 200)["state"],
+        "stopped"
+    );
+    // A start begins afresh: its VMM starts at once, not after the
+    // loop's last wait.
+    agent.ok("POST", &format!("/v1/instances/{id}/start"), None, 200);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while count() == after_stop {
+        assert!(Instant::now() < deadline, "no VMM within 2 s of a start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.ok("POST", &format!("/v1/instances/{id}/terminate"), None, 200);
+    agent.wait_for_state(&id, "terminated");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -427,12 +427,28 @@ pub async fn stop(
     PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
+    let reboots = Arc::clone(&app.supervisor.reboots);
     let inst = app
         .write(move |tx| {
             let mut inst: Instance = tx
                 .get(Table::Instances, &id)?
                 .ok_or_else(|| not_found(&id))?;
             if inst.state == St::Stopped || inst.state == St::Stopping {
+                return Ok(inst);
+            }
+            let between_vmms = inst.state == St::Running
+                || (inst.state == St::Pending
+                    && reboots.waiting(&inst.instance_id, std::time::Instant::now()));
+            if inst.process.is_none() && between_vmms {
+                // Between two VMMs (a reboot loop's wait): nothing runs
+                // to shut down, and the wait's restart sees it stopped.
+                inst.apply(Event::Stop, None);
+                inst.apply(
+                    Event::Halted,
+                    Some("Client.UserInitiatedShutdown: User initiated shutdown".into()),
+                );
+                put(tx, &inst)?;
+                reboots.forget(&inst.instance_id);
                 return Ok(inst);
             }
             if inst.process.is_none() || inst.apply(Event::Stop, None).is_none() {
@@ -453,6 +469,7 @@ pub async fn start(
     PathParam(id): PathParam,
 ) -> Result<Json<Instance>, ApiError> {
     checked_id(&id)?;
+    let reboots = Arc::clone(&app.supervisor.reboots);
     let inst = app
         .write(move |tx| {
             let mut inst: Instance = tx
@@ -464,8 +481,10 @@ pub async fn start(
             if inst.apply(Event::Start, None).is_none() {
                 return Err(incorrect(&inst, "started"));
             }
-            // Its VMM starts in the background, like a launch's.
+            // Its VMM starts in the background, like a launch's, at once:
+            // a reboot loop before the stop is over.
             put(tx, &inst)?;
+            reboots.forget(&inst.instance_id);
             Ok(inst)
         })
         .await?;
