@@ -76,7 +76,7 @@ pub fn agent(options: &AgentOptions) -> Result<()> {
         println!("{line}");
     }
     match case {
-        Some(c) if c.stdout_contains("summary (") && outcome.exit_code == 0 => Ok(()),
+        Some(c) if c.stdout_contains("summary: ") && outcome.exit_code == 0 => Ok(()),
         Some(c) => Err(format!(
             "the benchmark failed: {}; the whole log is {}",
             c.describe(),

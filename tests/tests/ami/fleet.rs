@@ -13,7 +13,8 @@
 //! `web` admits TCP 8080 from members of `app` (a group reference);
 //! `app` and `other` admit nothing. All five are launched back to back and
 //! the agent is killed with `kill -9` right after the last launch is
-//! accepted: a new agent adopts what runs and finishes that launch. Then:
+//! accepted, while most of them still wait for a boot slot: a new agent
+//! adopts the VMM that runs and carries out the queued launches. Then:
 //! all five `running` with both status checks `ok`, each guest's own
 //! interface holds the address the agent gave it (cloud-init's table on
 //! its console), A1 reaches W1:8080 but not 9090, X1 reaches neither;
@@ -144,7 +145,9 @@ W2=$(run w2 $WEB)
 A1=$(run a1 $APP {A1_IP} {a1_ud_sh})
 A2=$(run a2 $APP)
 X1=$(run x1 $OTHER {X1_IP} {x1_ud_sh})
-# The last launch is accepted: kill -9 the agent before it sees it boot.
+# The last launch is accepted: kill -9 the agent before it sees it boot,
+# while launches are still queued (one guest boots at a time here).
+echo "FLEET queued-at-kill $(api GET '/v1/instances?state=pending' | grep -o '"process": *null' | wc -l)"
 kill -9 $AGENT_PID; wait $AGENT_PID 2>/dev/null
 echo "FLEET ids $W1 $W2 $A1 $A2 $X1"
 start_agent || exit 1
@@ -288,6 +291,13 @@ fn describe(c: &CaseResult, id: &str) -> Value {
 fn five_instances_run_with_both_status_checks_ok_after_an_agent_kill() {
     let Some(c) = fleet() else { return };
     let ids = ids(&c);
+    // The kill came with launches accepted and not carried out yet.
+    let queued: u32 = step(&c, "queued-at-kill").trim().parse().unwrap_or(0);
+    assert!(
+        queued >= 1,
+        "no launch was queued at the kill: {queued}\n{}",
+        c.describe()
+    );
     for id in &ids {
         assert!(
             c.stdout
