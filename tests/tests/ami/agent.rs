@@ -107,15 +107,19 @@ echo "AGENT setup image=$IMG subnet=$SUB group=$SG"
 # One at a time, as a control plane rolling out instances would.
 # I1's user-data counts its boots on its own disk (bootcmd runs at every
 # boot): the count goes on after a stop and start if the disk was kept.
-RUN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"client_token\": \"e2e-1\", \"user_data\": \"{boot_counter}\"}}")
+RUN1_BODY="{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"client_token\": \"e2e-1\", \"user_data\": \"{boot_counter}\"}}"
+RUN=$(api POST /v1/instances "$RUN1_BODY")
 echo "AGENT run $RUN"
 I1=$(printf '%s' "$RUN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed -n '1s/.*"\(i-[0-9a-f]*\)"/\1/p')
 wait_state $I1 running 600
 RUN2=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"key_name\": \"ops\", \"client_token\": \"e2e-2\"}}")
 I2=$(printf '%s' "$RUN2" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed -n '1s/.*"\(i-[0-9a-f]*\)"/\1/p')
 echo "AGENT ids $I1 $I2"
-AGAIN=$(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"client_token\": \"e2e-1\"}}")
+# The first launch again, same token and parameters: that instance.
+AGAIN=$(api POST /v1/instances "$RUN1_BODY")
 echo "AGENT idempotent $(printf '%s' "$AGAIN" | grep -o '"instance_id": *"i-[0-9a-f]*"' | sed 's/.*"\(i-[0-9a-f]*\)"/\1/' | sort -u | tr '\n' ' ')"
+# The same token with other parameters (no key, no user-data): refused.
+echo "AGENT idempotent-mismatch $(api POST /v1/instances "{{\"image_id\": \"$IMG\", \"instance_type\": \"t2.nano\", \"subnet_id\": \"$SUB\", \"security_group_ids\": [\"$SG\"], \"client_token\": \"e2e-1\"}}")"
 wait_state $I2 running 600
 for i in $I1 $I2; do
     echo "AGENT describe $(api GET /v1/instances/$i)"
@@ -258,6 +262,14 @@ fn agent_runs_two_instances_to_running_with_subnet_addresses() {
     // The first launch's client token again: that instance, nothing new.
     let again: Vec<&str> = step(&c, "idempotent").split_whitespace().collect();
     assert_eq!(again, vec![i1.as_str()], "{}", c.describe());
+    let (mismatch, status) = body(step(&c, "idempotent-mismatch"));
+    assert_eq!(status, 400, "{}", c.describe());
+    assert_eq!(
+        mismatch["error"]["code"],
+        "IdempotentParameterMismatch",
+        "{}",
+        c.describe()
+    );
     assert!(
         step(&c, "console").contains("STRATUS-AMI-BOOTED"),
         "{}",
