@@ -981,29 +981,7 @@ fn a_terminated_launchs_groups_cannot_change() {
         return;
     }
     let mut agent = Agent::start_with_args("failed-launch", &["--vmm", "/nonexistent"]);
-    let manifest = bundle(&agent.dir);
-    let image = agent.ok(
-        "POST",
-        "/v1/images",
-        Some(json!({"manifest_path": manifest})),
-        201,
-    );
-    let subnet = agent.ok(
-        "POST",
-        "/v1/subnets",
-        Some(json!({"cidr_block": "10.216.0.0/28"})),
-        201,
-    );
-    agent
-        .bridges
-        .push(subnet["bridge"].as_str().unwrap().to_string());
-    let group = agent.ok(
-        "POST",
-        "/v1/security-groups",
-        Some(json!({"group_name": "g", "description": "d"})),
-        201,
-    )["group_id"]
-        .clone();
+    let fx = agent.launch_fixture("10.216.0.0/28");
     let other = agent.ok(
         "POST",
         "/v1/security-groups",
@@ -1014,10 +992,8 @@ fn a_terminated_launchs_groups_cannot_change() {
     let run = agent.ok(
         "POST",
         "/v1/instances",
-        Some(
-            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
-            "subnet_id": subnet["subnet_id"], "security_group_ids": [group]}),
-        ),
+        Some(json!({"image_id": fx.image_id, "instance_type": "t3.nano",
+            "subnet_id": fx.subnet_id, "security_group_ids": [fx.group_id]})),
         201,
     );
     // Accepted, then the launcher finds it cannot start the VMM.
@@ -1352,36 +1328,12 @@ fn launches_wait_for_a_boot_slot_and_survive_an_agent_kill() {
     let mut vmms = FakeVmms::new();
     let script = vmms.script.to_str().unwrap().to_string();
     let mut agent = Agent::start_with_args("boot-slots", &["--vmm", &script, "--max-booting", "1"]);
-    let manifest = bundle(&agent.dir);
-    let image = agent.ok(
-        "POST",
-        "/v1/images",
-        Some(json!({"manifest_path": manifest})),
-        201,
-    );
-    let subnet = agent.ok(
-        "POST",
-        "/v1/subnets",
-        Some(json!({"cidr_block": "10.218.0.0/28"})),
-        201,
-    );
-    agent
-        .bridges
-        .push(subnet["bridge"].as_str().unwrap().to_string());
-    let group = agent.ok(
-        "POST",
-        "/v1/security-groups",
-        Some(json!({"group_name": "g", "description": "d"})),
-        201,
-    )["group_id"]
-        .clone();
+    let fx = agent.launch_fixture("10.218.0.0/28");
     let run = agent.ok(
         "POST",
         "/v1/instances",
-        Some(
-            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
-            "subnet_id": subnet["subnet_id"], "security_group_ids": [group], "count": 3}),
-        ),
+        Some(json!({"image_id": fx.image_id, "instance_type": "t3.nano",
+            "subnet_id": fx.subnet_id, "security_group_ids": [fx.group_id], "count": 3})),
         201,
     );
     let mut queued: Vec<String> = Vec::new();
@@ -1488,36 +1440,12 @@ fn a_reboot_loop_backs_off_and_stops_when_asked() {
             .unwrap_or(0)
     };
     let mut agent = Agent::start_with_args("reboot-loop", &["--vmm", script.to_str().unwrap()]);
-    let manifest = bundle(&agent.dir);
-    let image = agent.ok(
-        "POST",
-        "/v1/images",
-        Some(json!({"manifest_path": manifest})),
-        201,
-    );
-    let subnet = agent.ok(
-        "POST",
-        "/v1/subnets",
-        Some(json!({"cidr_block": "10.219.0.0/28"})),
-        201,
-    );
-    agent
-        .bridges
-        .push(subnet["bridge"].as_str().unwrap().to_string());
-    let group = agent.ok(
-        "POST",
-        "/v1/security-groups",
-        Some(json!({"group_name": "g", "description": "d"})),
-        201,
-    )["group_id"]
-        .clone();
+    let fx = agent.launch_fixture("10.219.0.0/28");
     let run = agent.ok(
         "POST",
         "/v1/instances",
-        Some(
-            json!({"image_id": image["image_id"], "instance_type": "t3.nano",
-            "subnet_id": subnet["subnet_id"], "security_group_ids": [group]}),
-        ),
+        Some(json!({"image_id": fx.image_id, "instance_type": "t3.nano",
+            "subnet_id": fx.subnet_id, "security_group_ids": [fx.group_id]})),
         201,
     );
     let inst = &run["instances"][0];

@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use common::{bundle, privileged, Agent};
+use common::{privileged, Agent};
 
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,27 +420,7 @@ fn a_state_change_is_reported_at_once() {
     });
 
     // What an instance needs; none of it is a state change.
-    let image = agent.ok(
-        "POST",
-        "/v1/images",
-        Some(json!({"manifest_path": bundle(&agent.dir)})),
-        201,
-    );
-    let subnet = agent.ok(
-        "POST",
-        "/v1/subnets",
-        Some(json!({"cidr_block": "10.215.0.0/28"})),
-        201,
-    );
-    agent
-        .bridges
-        .push(subnet["bridge"].as_str().unwrap().to_string());
-    let group = agent.ok(
-        "POST",
-        "/v1/security-groups",
-        Some(json!({"group_name": "g", "description": "d"})),
-        201,
-    );
+    let fx = agent.launch_fixture("10.215.0.0/28");
     std::thread::sleep(Duration::from_millis(500));
     let quiet = receiver.reports();
     assert_eq!(quiet.len(), 1, "{quiet:#?}");
@@ -451,10 +431,10 @@ fn a_state_change_is_reported_at_once() {
         "POST",
         "/v1/instances",
         Some(json!({
-            "image_id": image["image_id"],
+            "image_id": fx.image_id,
             "instance_type": "t3.nano",
-            "subnet_id": subnet["subnet_id"],
-            "security_group_ids": [group["group_id"]],
+            "subnet_id": fx.subnet_id,
+            "security_group_ids": [fx.group_id],
         })),
         201,
     );
@@ -486,7 +466,7 @@ fn a_state_change_is_reported_at_once() {
     assert_eq!(seq, (1..=seq.len() as u64).collect::<Vec<_>>());
     agent.ok(
         "DELETE",
-        &format!("/v1/subnets/{}", subnet["subnet_id"].as_str().unwrap()),
+        &format!("/v1/subnets/{}", fx.subnet_id.as_str().unwrap()),
         None,
         204,
     );

@@ -139,41 +139,28 @@ fn same_launch(
     options: &MetadataOptions,
 ) -> Result<(), ApiError> {
     let first = &earlier[0];
-    let mut differ = Vec::new();
-    if first.image_id != req.image_id {
-        differ.push("image_id");
-    }
-    if first.instance_type != req.instance_type {
-        differ.push("instance_type");
-    }
-    if first.subnet_id != req.subnet_id {
-        differ.push("subnet_id");
-    }
-    if first.security_group_ids != req.security_group_ids {
-        differ.push("security_group_ids");
-    }
-    if first.key_name != req.key_name {
-        differ.push("key_name");
-    }
-    if first.user_data != req.user_data {
-        differ.push("user_data");
-    }
-    if first.tags != req.tags {
-        differ.push("tags");
-    }
-    if &first.metadata_options != options {
-        differ.push("metadata_options");
-    }
-    if earlier.len() != req.count as usize {
-        differ.push("count");
-    }
-    if req
+    let asked_ip_differs = req
         .private_ip_address
         .as_ref()
-        .is_some_and(|ip| first.private_ip.as_ref().is_some_and(|had| had != ip))
-    {
-        differ.push("private_ip_address");
-    }
+        .is_some_and(|ip| first.private_ip.as_ref().is_some_and(|had| had != ip));
+    let differ: Vec<&str> = [
+        ("image_id", first.image_id != req.image_id),
+        ("instance_type", first.instance_type != req.instance_type),
+        ("subnet_id", first.subnet_id != req.subnet_id),
+        (
+            "security_group_ids",
+            first.security_group_ids != req.security_group_ids,
+        ),
+        ("key_name", first.key_name != req.key_name),
+        ("user_data", first.user_data != req.user_data),
+        ("tags", first.tags != req.tags),
+        ("metadata_options", &first.metadata_options != options),
+        ("count", earlier.len() != req.count as usize),
+        ("private_ip_address", asked_ip_differs),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect();
     if differ.is_empty() {
         return Ok(());
     }

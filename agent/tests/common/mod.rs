@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFwlhAA8saHVdGDKBoO+KQJmmon0ImaFHquYdP5lxGNW stratus-test-key";
 
@@ -173,6 +173,36 @@ impl Agent {
     }
 
     /// Polls instance `id` until it is in `state` (within 30 s).
+    /// What a launch needs: the test AMI bundle registered, a subnet on
+    /// `cidr` (its bridge removed on drop) and a security group `g`.
+    pub fn launch_fixture(&mut self, cidr: &str) -> LaunchFixture {
+        let image = self.ok(
+            "POST",
+            "/v1/images",
+            Some(json!({"manifest_path": bundle(&self.dir)})),
+            201,
+        );
+        let subnet = self.ok(
+            "POST",
+            "/v1/subnets",
+            Some(json!({ "cidr_block": cidr })),
+            201,
+        );
+        self.bridges
+            .push(subnet["bridge"].as_str().unwrap().to_string());
+        let group = self.ok(
+            "POST",
+            "/v1/security-groups",
+            Some(json!({"group_name": "g", "description": "d"})),
+            201,
+        );
+        LaunchFixture {
+            image_id: image["image_id"].clone(),
+            subnet_id: subnet["subnet_id"].clone(),
+            group_id: group["group_id"].clone(),
+        }
+    }
+
     pub fn wait_for_state(&self, id: &str, state: &str) -> Value {
         self.wait_for(id, state, |inst| inst["state"] == state)
     }
@@ -195,6 +225,14 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The ids [`Agent::launch_fixture`] made.
+#[allow(dead_code)] // Not every test binary launches.
+pub struct LaunchFixture {
+    pub image_id: Value,
+    pub subnet_id: Value,
+    pub group_id: Value,
 }
 
 impl Drop for Agent {
