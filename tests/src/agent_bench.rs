@@ -747,6 +747,7 @@ fn summary(results: &[RunResult], idle: &[Sample]) -> String {
             median(&mut vmm_cpu),
         );
     }
+    out.push_str(&growth(results, &counts));
     let _ = writeln!(
         out,
         "\ndescribe latency (runs pooled; a new TCP connection per call)"
@@ -780,9 +781,155 @@ fn summary(results: &[RunResult], idle: &[Sample]) -> String {
     out
 }
 
+/// Whether the cost grows linearly with the count, two ways: within each
+/// run, the k-th instance to reach `running` against k (the slope is what
+/// one more instance costs; a cost that grew with the instances already
+/// running would bend the line upwards), and across counts, the median
+/// time until all were running against the count.
+fn growth(results: &[RunResult], counts: &[u32]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\ngrowth: least-squares line through (k, when the k-th instance was running) per run, and through (count, all_running_s) over counts"
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>5} {:>9} {:>12} {:>10} {:>15} {:>14}",
+        "count", "round", "first_s", "per_extra_s", "r_squared", "max_residual_s", "gaps_s"
+    );
+    let mut seen: Vec<u32> = Vec::new();
+    for r in results {
+        seen.push(r.count);
+        let round = seen.iter().filter(|&&c| c == r.count).count();
+        let mut times: Vec<f64> = r.instances.iter().filter_map(|t| t.running).collect();
+        times.sort_by(f64::total_cmp);
+        if times.len() < 3 {
+            continue;
+        }
+        let points: Vec<(f64, f64)> = (1..).map(f64::from).zip(times.iter().copied()).collect();
+        let Some(line) = Line::fit(&points) else {
+            continue;
+        };
+        let gaps: Vec<String> = times
+            .windows(2)
+            .map(|w| format!("{:.0}", w[1] - w[0]))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>5} {round:>5} {:>9.1} {:>12.1} {:>10.3} {:>15.1} {:>14}",
+            r.count,
+            times[0],
+            line.slope,
+            line.r_squared(&points),
+            line.max_residual(&points),
+            gaps.join(",")
+        );
+    }
+    let across: Vec<(f64, f64)> = counts
+        .iter()
+        .filter_map(|&count| {
+            let mut all: Vec<f64> = results
+                .iter()
+                .filter(|r| r.count == count)
+                .filter_map(|r| r.all(|t| t.running))
+                .collect();
+            (!all.is_empty()).then(|| (f64::from(count), median(&mut all)))
+        })
+        .collect();
+    if let Some(line) = Line::fit(&across).filter(|_| across.len() >= 3) {
+        let _ = writeln!(
+            out,
+            "over counts {:?}: all_running_s = {:.1} + {:.1} * count, r_squared {:.3}, max residual {:.1} s",
+            counts,
+            line.intercept,
+            line.slope,
+            line.r_squared(&across),
+            line.max_residual(&across)
+        );
+    }
+    out
+}
+
+/// A least-squares straight line `y = intercept + slope * x`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Line {
+    intercept: f64,
+    slope: f64,
+}
+
+impl Line {
+    /// None for fewer than two points or when every x is the same.
+    fn fit(points: &[(f64, f64)]) -> Option<Line> {
+        if points.len() < 2 {
+            return None;
+        }
+        let n = points.len() as f64;
+        let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+        let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+        if sxx == 0.0 {
+            return None;
+        }
+        let slope = sxy / sxx;
+        Some(Line {
+            intercept: mean_y - slope * mean_x,
+            slope,
+        })
+    }
+
+    fn at(&self, x: f64) -> f64 {
+        self.intercept + self.slope * x
+    }
+
+    /// The share of the variance in y the line explains (1 when every
+    /// point is on it).
+    fn r_squared(&self, points: &[(f64, f64)]) -> f64 {
+        let mean_y = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+        let total: f64 = points.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
+        let residual: f64 = points.iter().map(|p| (p.1 - self.at(p.0)).powi(2)).sum();
+        if total == 0.0 {
+            1.0
+        } else {
+            1.0 - residual / total
+        }
+    }
+
+    /// The largest distance of a point from the line, in y.
+    fn max_residual(&self, points: &[(f64, f64)]) -> f64 {
+        points
+            .iter()
+            .map(|p| (p.1 - self.at(p.0)).abs())
+            .fold(0.0, f64::max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_through_points_on_it_fits_exactly() {
+        let points = [(1.0, 48.0), (2.0, 123.0), (3.0, 198.0)];
+        let line = Line::fit(&points).unwrap();
+        assert!((line.slope - 75.0).abs() < 1e-9);
+        assert!((line.intercept + 27.0).abs() < 1e-9);
+        assert!((line.r_squared(&points) - 1.0).abs() < 1e-12);
+        assert!(line.max_residual(&points) < 1e-9);
+    }
+
+    #[test]
+    fn a_bent_curve_shows_in_the_fit() {
+        // Quadratic growth: each instance costs more than the one before.
+        let points: Vec<(f64, f64)> = (1..=9)
+            .map(|k| (f64::from(k), 10.0 * f64::from(k * k)))
+            .collect();
+        let line = Line::fit(&points).unwrap();
+        assert!(line.r_squared(&points) < 0.97);
+        assert!(line.max_residual(&points) > 50.0);
+        assert_eq!(Line::fit(&[(1.0, 2.0)]), None);
+        assert_eq!(Line::fit(&[(1.0, 2.0), (1.0, 3.0)]), None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
