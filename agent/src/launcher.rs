@@ -110,11 +110,9 @@ async fn launch_what_fits(
     });
     // Queued: pending without a VMM, unless it is a guest in a reboot
     // loop waiting for its restart (which is not the launcher's to make).
-    let now = Instant::now();
     let mut queue: Vec<&Instance> = instances
         .iter()
-        .filter(|i| i.state == State::Pending && i.process.is_none())
-        .filter(|i| !app.supervisor.reboots.waiting(&i.instance_id, now))
+        .filter(|i| i.state == State::Pending && i.process.is_none() && i.restart_at.is_none())
         .collect();
     queue.sort_by(|a, b| (&a.launch_time, &a.instance_id).cmp(&(&b.launch_time, &b.instance_id)));
     let mut failed = false;

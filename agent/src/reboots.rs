@@ -18,8 +18,9 @@ pub const QUICK: Duration = Duration::from_secs(30);
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The restarts of every instance whose guest rebooted since the agent
-/// started (what happened before a restart of the agent is not known,
-/// so a loop starts counting again then).
+/// started (how many quick reboots came before a restart of the agent is
+/// not known, so a loop starts counting again then; a wait it was in the
+/// middle of is kept in the instance's record and goes on).
 #[derive(Debug, Default)]
 pub struct RebootBackoff {
     /// Per instance: when its last restart began, and how many quick
@@ -54,16 +55,6 @@ impl RebootBackoff {
         };
         restarts.insert(id.to_string(), (now + wait, in_a_row));
         Restart { wait, in_a_row }
-    }
-
-    /// Whether instance `id` is waiting out a reboot loop's wait at `now`
-    /// (its restart is not due yet: the launcher leaves it alone).
-    pub fn waiting(&self, id: &str, now: Instant) -> bool {
-        self.restarts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .is_some_and(|&(due, _)| due > now)
     }
 
     /// Forgets instance `id` (stopped or terminated: a later start is a
@@ -105,8 +96,6 @@ mod tests {
                 }
             );
         }
-        assert!(b.waiting("i-1", now));
-        assert!(!b.waiting("i-1", now + Duration::from_secs(8)));
         // Another instance is not affected.
         assert_eq!(b.rebooted("i-2", now).wait, Duration::ZERO);
         // A guest that ran longer than QUICK since its restart began is

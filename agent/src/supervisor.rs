@@ -469,31 +469,10 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
                         crate::reboots::QUICK.as_secs(),
                         restart.wait.as_secs()
                     ));
+                    inst.restart_at = Some(unix_now() + restart.wait.as_secs());
                     inst.generation += 1;
                     put(tx, &inst)?;
-                    let app = Arc::clone(&app2);
-                    let id = id.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(restart.wait).await;
-                        let r = app
-                            .clone()
-                            .write(move |tx| {
-                                let Some(inst) = tx.get::<Instance>(Table::Instances, &id)? else {
-                                    return Ok(());
-                                };
-                                // Stopped or terminated meanwhile: nothing to start.
-                                if inst.process.is_some()
-                                    || !matches!(inst.state, State::Pending | State::Running)
-                                {
-                                    return Ok(());
-                                }
-                                start_again(tx, &app, inst)
-                            })
-                            .await;
-                        if let Err(e) = r {
-                            tracing::error!(error = %e.message, "restarting after a reboot");
-                        }
-                    });
+                    restart_later(Arc::clone(&app2), id.clone(), restart.wait);
                     return Ok(());
                 }
                 State::Pending | State::Running => {
@@ -517,10 +496,46 @@ async fn exited(app: &Arc<App>, id: &str, pid: ProcessId, exit: Exit) {
     app.launcher.wake();
 }
 
+/// Seconds since the Unix epoch, by the wall clock (what a restart time
+/// kept across agent restarts is measured in).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Starts instance `id`'s next VMM after `wait`: a guest rebooting in a
+/// loop, waiting out its backoff. Nothing happens if the instance was
+/// stopped, terminated or given a VMM meanwhile.
+fn restart_later(app: Arc<App>, id: String, wait: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let r = app
+            .clone()
+            .write(move |tx| {
+                let Some(inst) = tx.get::<Instance>(Table::Instances, &id)? else {
+                    return Ok(());
+                };
+                if inst.process.is_some()
+                    || inst.restart_at.is_none()
+                    || !matches!(inst.state, State::Pending | State::Running)
+                {
+                    return Ok(());
+                }
+                start_again(tx, &app, inst)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e.message, "restarting after a reboot");
+        }
+    });
+}
+
 /// Starts a new VMM for `inst` on its disk after its guest rebooted,
 /// recording it (or, if it cannot start, the failure: stopped).
 fn start_again(tx: &Tx<'_>, app: &Arc<App>, mut inst: Instance) -> Result<(), ApiError> {
     let inputs = launch_inputs(tx, &inst)?;
+    inst.restart_at = None;
     match start_vmm(&app.supervisor, &inst, &inputs) {
         Ok(new) => {
             inst.process = Some(new);
@@ -589,6 +604,21 @@ pub fn adopt(app: &Arc<App>, instances: Vec<Instance>) -> Vec<String> {
                     booting.push(inst.instance_id.clone());
                 }
                 watch(Arc::clone(app), inst.instance_id.clone(), pid);
+                // A stop or terminate the agent had asked for: its kill
+                // timer went with the old agent, so ask again and arm a
+                // new one (a guest that ignores the power button must
+                // not stay `stopping` for ever).
+                if matches!(state, State::Stopping | State::ShuttingDown) {
+                    shut_down(app, &inst.instance_id, pid);
+                }
+            }
+            // A guest rebooting in a loop, waiting for its next VMM: the
+            // wait goes on where it was.
+            (State::Pending | State::Running, None) if inst.restart_at.is_some() => {
+                let due = inst.restart_at.unwrap_or(0);
+                let wait = Duration::from_secs(due.saturating_sub(unix_now()));
+                tracing::info!(instance_id = %inst.instance_id, wait_s = wait.as_secs(), "reboot-loop wait resumed");
+                restart_later(Arc::clone(app), inst.instance_id.clone(), wait);
             }
             (State::Pending, None) => {
                 let strays =
@@ -828,7 +858,7 @@ mod tests {
             "security_group_ids": groups, "key_name": null, "user_data": null, "tags": {},
             "metadata_options": {}, "state": if running { "running" } else { "stopped" },
             "state_reason": null, "generation": 1, "launch_time": "2024-05-01T12:00:00Z",
-            "client_token": null,
+            "client_token": null, "restart_at": null,
             "process": running.then_some(ProcessId { pid: 1_000_000 + i32::from(n), start_ticks: 1 }),
             "tap": crate::host::tap::name(&id)
         }))

@@ -1414,10 +1414,19 @@ fn launches_wait_for_a_boot_slot_and_survive_an_agent_kill() {
     );
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// A guest that reboots again right after each restart (its VMM exits
 /// with the reboot status at once) is not restarted in a tight loop:
 /// each restart waits twice as long as the one before, the instance says
-/// why, and a stop during a wait ends it.
+/// why, a `kill -9` of the agent does not cut the wait short, and a stop
+/// during a wait ends it.
 #[test]
 fn a_reboot_loop_backs_off_and_stops_when_asked() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -1465,7 +1474,34 @@ fn a_reboot_loop_backs_off_and_stops_when_asked() {
             .is_some_and(|r| r.starts_with("Client.InstanceRebootLoop")),
         "{looping}"
     );
+    // The agent killed during a wait: the new agent keeps the wait (no
+    // VMM before the recorded restart time), then restarts it.
+    let in_a_long_wait = agent.wait_for(&id, "a wait of 5 s or more", |i| {
+        i["restart_at"]
+            .as_u64()
+            .is_some_and(|t| t >= unix_now() + 5)
+    });
+    let restart_at = in_a_long_wait["restart_at"].as_u64().unwrap();
+    let before_kill = count();
+    agent.crash_and_restart();
+    while unix_now() + 1 < restart_at {
+        assert_eq!(
+            count(),
+            before_kill,
+            "a VMM started before its wait was over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count() == before_kill {
+        assert!(
+            Instant::now() < deadline,
+            "no VMM within 4 s after the wait"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Stopped during a wait: it stays stopped, nothing starts again.
+    agent.wait_for(&id, "a reboot-loop wait", |i| i["restart_at"].is_u64());
     agent.ok("POST", &format!("/v1/instances/{id}/stop"), None, 200);
     let stopped = agent.wait_for_state(&id, "stopped");
     assert!(stopped["process"].is_null(), "{stopped}");

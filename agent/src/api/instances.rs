@@ -320,6 +320,7 @@ pub async fn run(
                     launch_time: now_rfc3339(),
                     client_token: req.client_token.clone(),
                     process: None,
+                    restart_at: None,
                 };
                 // Recorded before anything is made on the host: a crash
                 // from here on is settled when the agent starts again.
@@ -424,8 +425,7 @@ pub async fn stop(
                 return Ok(inst);
             }
             let between_vmms = inst.state == St::Running
-                || (inst.state == St::Pending
-                    && reboots.waiting(&inst.instance_id, std::time::Instant::now()));
+                || (inst.state == St::Pending && inst.restart_at.is_some());
             if inst.process.is_none() && between_vmms {
                 // Between two VMMs (a reboot loop's wait): nothing runs
                 // to shut down, and the wait's restart sees it stopped.

@@ -172,6 +172,11 @@ pub struct Instance {
     /// The VMM process while there is one.
     pub process: Option<crate::host::process::ProcessId>,
     pub tap: String,
+    /// While a guest that reboots in a loop waits for its next VMM: when
+    /// (Unix seconds) that VMM starts. In the record, so that an agent
+    /// restarted meanwhile keeps the wait instead of starting it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<u64>,
 }
 
 impl Instance {
@@ -187,6 +192,9 @@ impl Instance {
     pub fn apply(&mut self, event: Event, reason: Option<String>) -> Option<State> {
         let to = next(self.state, event)?;
         self.state = to;
+        // A pending reboot-loop restart belongs to the state it was
+        // decided in; a stop, terminate or failure ends it.
+        self.restart_at = None;
         if reason.is_some() {
             self.state_reason = reason;
         }
