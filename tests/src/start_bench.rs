@@ -29,6 +29,35 @@ pub struct StartKernel {
     pub initrd: PathBuf,
 }
 
+/// A copy of `path` in a memfd sealed against any change, as a host agent
+/// would hand a VMM an image it keeps in memory: the VMM maps such an
+/// image instead of copying it (`stratus_vmm::image_mapping`). Returns the
+/// memfd (keep it open: children inherit it) and the path a child process
+/// opens it by.
+pub fn sealed_copy(path: &Path) -> Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = c"stratus-start-bench-image";
+    // SAFETY: memfd_create with a valid C string; no MFD_CLOEXEC, so the
+    // VMMs this process starts inherit it.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(Error::io("memfd_create", path)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut memfd = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut source = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    std::io::copy(&mut source, &mut memfd).map_err(Error::io("copy", path))?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a memfd this function owns.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(Error::io("seal", path)(std::io::Error::last_os_error()));
+    }
+    let child_path = PathBuf::from(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+    Ok((memfd, child_path))
+}
+
 /// One run's figures, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StartRun {

@@ -52,6 +52,7 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
         let mut host = common::host("boot");
         host.binary("stratus-vmm", &vmm)
             .binary("curl", &stratus_tests::vhost::which("curl")?)
+            .binary("chattr", &stratus_tests::vhost::which("chattr")?)
             .binary(net::IPROUTE2, &stratus_tests::vhost::which("ip")?)
             .modules(net::MODULES)
             .file(&tiny.kernel, &images.tiny.kernel)
@@ -83,6 +84,20 @@ pub(crate) fn outcome() -> Option<&'static Outcome> {
             CASE_TIMEOUT_SECS,
             &Boot::new(&debian61, 1, 256, "").stratus_vmm(),
         );
+
+        // The kernel in a file that cannot change (immutable, on a tmpfs
+        // of its own): the VMM maps its pages instead of copying them.
+        script.line("mkdir -p /tmp/immutable && mount -t tmpfs immutable /tmp/immutable");
+        script.line(&format!(
+            "cp \"$STRATUS_ROOT/{}\" /tmp/immutable/vmlinux && chattr +i /tmp/immutable/vmlinux",
+            tiny.kernel
+        ));
+        let mut mapped = Boot::new(&tiny, 1, 256, "");
+        mapped.files.kernel = "/tmp/immutable/vmlinux".into();
+        let mut argv = vec!["env".to_owned(), "STRATUS_LOG=info".to_owned()];
+        argv.extend(mapped.stratus_vmm());
+        script.case("tiny_mapped_kernel", CASE_TIMEOUT_SECS, &argv);
+        script.line("chattr -i /tmp/immutable/vmlinux; umount /tmp/immutable");
 
         // The same boot described by a JSON file instead of flags.
         script.line("cat > /tmp/vm.json <<EOF");
@@ -168,6 +183,22 @@ fn boots_tiny_with_one_vcpu() {
         case.value("STRATUS-TINY", "nproc"),
         Some("1"),
         "{}",
+        case.describe()
+    );
+}
+
+/// A kernel file that cannot change is mapped into guest RAM, not copied,
+/// and the guest boots from it as from a copy.
+#[test]
+fn boots_a_kernel_mapped_from_an_immutable_file() {
+    let Some(outcome) = outcome() else { return };
+    let case = case(outcome, "tiny_mapped_kernel");
+    assert_booted(&case, &images().tiny);
+    assert!(
+        case.stderr
+            .iter()
+            .any(|l| l.contains("mapped from an image that cannot change")),
+        "the kernel was copied, not mapped\n{}",
         case.describe()
     );
 }

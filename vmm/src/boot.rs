@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::image_mapping::ImageReader;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -131,12 +132,20 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult,
             source,
         })
     };
-    let mut file = open()?;
+    let mut file = ImageReader::new(open()?);
     let elf_err = match Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
-        Ok(result) => return Ok(result),
+        Ok(result) => {
+            if file.mapped_bytes > 0 {
+                log::info!(
+                    "kernel: {} KiB mapped from an image that cannot change, not copied",
+                    file.mapped_bytes >> 10
+                );
+            }
+            return Ok(result);
+        }
         Err(e) => e,
     };
-    let mut file = open()?;
+    let mut file = ImageReader::new(open()?);
     match BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))) {
         Ok(result) => Ok(result),
         Err(bz_err) => Err(BootError::BadKernel {
@@ -159,8 +168,9 @@ fn load_initrd(
         path: path.display().to_string(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let file = File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
+    let mut file = ImageReader::new(file);
     let ram_end = mem.last_addr().0.saturating_add(1).min(MMIO_HOLE_START);
     let limit = ram_end.min(addr_max.saturating_add(1));
     let too_large = BootError::InitrdTooLarge { size, limit };

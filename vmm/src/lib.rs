@@ -29,6 +29,7 @@ pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod device_thread;
+pub mod image_mapping;
 pub mod layout;
 pub mod logger;
 pub mod nic_services;
