@@ -7,6 +7,8 @@
 //! - [`layout`]: guest-physical memory layout and the e820 map.
 //! - [`arch`]: CPUID, MSRs, boot registers, ACPI tables (x86_64).
 //! - [`boot`]: kernel/initrd/command-line loading, PVH and zero page.
+//! - [`image_mapping`]: a kernel image that cannot change is mapped into
+//!   guest RAM rather than copied.
 //! - [`coalesced`]: the coalesced-I/O ring (console writes without exits).
 //! - [`vcpu`]: one vCPU and its `KVM_RUN` loop.
 //! - [`device_manager`]: placing virtio devices through one path (windows,
